@@ -1,0 +1,273 @@
+"""The passport-aware normalization layer (PAN) and its plain, deployable counterpart.
+
+A PAN layer is ``conv -> norm -> affine -> activation`` with two branches that share the
+convolution: branch 0 (public) uses learned ``gamma0, beta0``; branch 1 (private) derives its
+affine from the owner's passports through a small per-layer MLP (PAN_SPEC §1.1). The same class,
+with ``mlp=False, shared_stats=True``, is the DeepIPR-style baseline layer (PAN_SPEC §1.7).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Branch = int | Literal["both"]
+NormKind = Literal["bn", "gn", "none"]
+WeightLayer = nn.Conv2d | nn.Conv1d | nn.Linear
+
+__all__ = [
+    "Branch",
+    "ConvNormAct",
+    "PassportAwareNorm",
+    "check_branch",
+    "sign_loss",
+]
+
+
+def check_branch(branch: Branch) -> Branch:
+    """Validate a branch selector: 0 (public), 1 (passport) or "both" (batched halves)."""
+    if branch in (0, 1, "both"):
+        return branch
+    raise ValueError(f"branch must be 0 (public), 1 (passport) or 'both', got {branch!r}")
+
+
+def sign_loss(
+    scale: torch.Tensor, signature: torch.Tensor, alpha: float = 0.1, margin: float = 0.1
+) -> torch.Tensor:
+    """Hinge loss that pushes sign(scale) towards the signature bits (PAN_SPEC §2).
+
+    alpha * sum(max(0, margin - b*s)) plus a tiny 1e-5 * sum(s^2) term, as in the original.
+    """
+    hinge = F.relu(margin - signature * scale).sum()
+    return alpha * hinge + 1e-5 * scale.pow(2).sum()
+
+
+def _channel_view(v: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Reshape a per-channel vector so it broadcasts over an N×C×... activation."""
+    return v.view(1, -1, *([1] * (ndim - 2)))
+
+
+def _weight_out_features(weight_layer: WeightLayer) -> int:
+    if isinstance(weight_layer, nn.Linear):
+        return weight_layer.out_features
+    return weight_layer.out_channels
+
+
+def _norm_num_groups(channels: int) -> int:
+    """GroupNorm groups as in the original: C/16 groups, at least one."""
+    return max(1, channels // 16)
+
+
+def _make_norm(kind: NormKind, channels: int, ndim: int, affine: bool) -> nn.Module:
+    if kind == "bn":
+        return nn.BatchNorm2d(channels, affine=affine) if ndim == 4 else nn.BatchNorm1d(
+            channels, affine=affine
+        )
+    if kind == "gn":
+        return nn.GroupNorm(_norm_num_groups(channels), channels, affine=affine)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"norm must be 'bn', 'gn' or 'none', got {kind!r}")
+
+
+def _batch_norm_halves(x: torch.Tensor, norms: tuple[nn.Module, nn.Module]) -> torch.Tensor:
+    """Normalise the two halves of a batched two-branch input with their own BN modules.
+
+    Running with the halves separately (not one 2N batch) keeps batch statistics and running
+    statistics exactly as two separate passes would leave them.
+    """
+    x0, x1 = x.chunk(2)
+    return torch.cat([norms[0](x0), norms[1](x1)])
+
+
+class ConvNormAct(nn.Sequential):
+    """A plain ``conv -> norm(affine) -> ReLU`` unit: the deployable form of a PAN layer.
+
+    ``forward(x, branch)`` accepts a branch only so that protected models can mix plain and
+    passport layers; with BN it normalises the halves of a ``"both"`` batch separately.
+    """
+
+    def __init__(self, weight_layer: WeightLayer, norm: NormKind = "bn", activation: bool = True):
+        channels = _weight_out_features(weight_layer)
+        ndim = 2 if isinstance(weight_layer, nn.Linear) else weight_layer.weight.dim()
+        super().__init__(
+            OrderedDict(
+                conv=weight_layer,
+                norm=_make_norm(norm, channels, ndim, affine=True),
+                act=nn.ReLU() if activation else nn.Identity(),
+            )
+        )
+        self.norm_kind = norm
+
+    def forward(self, x: torch.Tensor, branch: Branch = 0) -> torch.Tensor:  # type: ignore[override]
+        z = self.conv(x)
+        if check_branch(branch) == "both" and self.norm_kind == "bn":
+            z = _batch_norm_halves(z, (self.norm, self.norm))
+        else:
+            z = self.norm(z)
+        return self.act(z)
+
+
+class PassportAwareNorm(nn.Module):
+    """``conv -> norm -> (gamma, beta) -> act`` with a public and a passport-aware branch.
+
+    Branch 0 uses ``gamma0, beta0`` and ``norm0``; branch 1 uses ``norm1`` (or ``norm0`` when
+    ``shared_stats``) and ``gamma1 = M(s_gamma)``, ``beta1 = M(s_beta)`` where ``s`` is the mean
+    of the layer's own convolution applied to the passport. ``mlp=False`` gives DeepIPR's
+    ``gamma1 = s_gamma``. The signature is read from ``s_gamma`` (pre-MLP), PAN_SPEC §1–§2.
+    """
+
+    def __init__(
+        self,
+        weight_layer: WeightLayer,
+        passport_shape: tuple[int, ...],
+        norm: NormKind = "bn",
+        mlp: bool = True,
+        shared_stats: bool = False,
+        activation: bool = True,
+        sign_alpha: float = 0.1,
+    ):
+        super().__init__()
+        channels = _weight_out_features(weight_layer)
+        ndim = len(passport_shape)
+        self.conv = weight_layer
+        self.norm_kind: NormKind = norm
+        self.shared_stats = bool(shared_stats)
+        self.activation = bool(activation)
+        self.sign_alpha = float(sign_alpha)
+        self.norm0 = _make_norm(norm, channels, ndim, affine=False)
+        # With shared statistics (or stateless GN/none) there is no second normaliser.
+        self.norm1 = (
+            _make_norm(norm, channels, ndim, affine=False)
+            if norm == "bn" and not shared_stats
+            else None
+        )
+        self.gamma0 = nn.Parameter(torch.ones(channels))
+        self.beta0 = nn.Parameter(torch.zeros(channels))
+        hidden = max(1, channels // 4)
+        self.mlp = (
+            nn.Sequential(
+                nn.Linear(channels, hidden, bias=False),
+                nn.LeakyReLU(0.01),
+                nn.Linear(hidden, channels, bias=False),
+            )
+            if mlp
+            else None
+        )
+        self.register_buffer("passport_gamma", torch.zeros(passport_shape))
+        self.register_buffer("passport_beta", torch.zeros(passport_shape))
+        self.register_buffer("signature", torch.ones(channels))
+
+    @property
+    def channels(self) -> int:
+        return self.gamma0.numel()
+
+    @property
+    def passport_shape(self) -> tuple[int, ...]:
+        return tuple(self.passport_gamma.shape)
+
+    def _norm_for(self, branch: int) -> nn.Module:
+        return self.norm1 if branch == 1 and self.norm1 is not None else self.norm0
+
+    def passport_scales(
+        self, passport_gamma: torch.Tensor | None = None, passport_beta: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(s_gamma, s_beta)``: the layer's convolution of each passport, averaged.
+
+        Both passports go through one call of the layer's own conv (no bias for convs; a
+        Linear layer keeps its bias, as in the original 1-D code).
+        """
+        pg = self.passport_gamma if passport_gamma is None else passport_gamma
+        pb = self.passport_beta if passport_beta is None else passport_beta
+        z = self.conv(torch.cat([pg, pb]))
+        z = z.flatten(2).mean(2) if z.dim() > 2 else z
+        n = pg.shape[0]
+        return z[:n].mean(0), z[n:].mean(0)
+
+    def passport_affine(
+        self, passport_gamma: torch.Tensor | None = None, passport_beta: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the branch-1 affine ``(gamma1, beta1)`` derived from the passports."""
+        s_gamma, s_beta = self.passport_scales(passport_gamma, passport_beta)
+        if self.mlp is None:
+            return s_gamma, s_beta
+        return self.mlp(s_gamma), self.mlp(s_beta)
+
+    def sign_loss(self) -> torch.Tensor:
+        """This layer's sign loss against its stored signature (pre-MLP scale)."""
+        s_gamma, _ = self.passport_scales()
+        return sign_loss(s_gamma, self.signature, alpha=self.sign_alpha)
+
+    def forward(self, x: torch.Tensor, branch: Branch = 0) -> torch.Tensor:
+        z = self.conv(x)
+        branch = check_branch(branch)
+        if branch == "both":
+            z0, z1 = z.chunk(2)
+            y = torch.cat([self._branch_affine(z0, 0), self._branch_affine(z1, 1)])
+        else:
+            y = self._branch_affine(z, branch)
+        return F.relu(y) if self.activation else y
+
+    def _branch_affine(self, z: torch.Tensor, branch: int) -> torch.Tensor:
+        z = self._norm_for(branch)(z)
+        if branch == 0:
+            gamma, beta = self.gamma0, self.beta0
+        else:
+            gamma, beta = self.passport_affine()
+        return z * _channel_view(gamma, z.dim()) + _channel_view(beta, z.dim())
+
+    def to_public(self) -> ConvNormAct:
+        """Fold branch 0 into an ordinary ``conv -> norm(affine) -> act`` unit (no secrets).
+
+        BN: norm0's running statistics + gamma0/beta0 become an affine BatchNorm. GN: an affine
+        GroupNorm. No norm: gamma0/beta0 are folded into the conv weight and bias.
+        """
+        conv = _clone_weight_layer(self.conv, with_bias=self.norm_kind == "none")
+        unit = ConvNormAct(conv, norm=self.norm_kind, activation=self.activation)
+        with torch.no_grad():
+            if self.norm_kind == "none":
+                g = self.gamma0.detach()
+                conv.weight.mul_(g.view(-1, *([1] * (conv.weight.dim() - 1))))
+                old_bias = self.conv.bias if self.conv.bias is not None else 0.0
+                conv.bias.copy_(g * old_bias + self.beta0.detach())
+                return unit
+            unit.norm.weight.copy_(self.gamma0)
+            unit.norm.bias.copy_(self.beta0)
+            if self.norm_kind == "bn":
+                for name in ("running_mean", "running_var", "num_batches_tracked"):
+                    getattr(unit.norm, name).copy_(getattr(self.norm0, name))
+        return unit
+
+    def extra_repr(self) -> str:
+        return (
+            f"norm={self.norm_kind}, mlp={self.mlp is not None}, "
+            f"shared_stats={self.shared_stats}, passport_shape={self.passport_shape}"
+        )
+
+
+def _clone_weight_layer(layer: WeightLayer, with_bias: bool) -> WeightLayer:
+    """A fresh copy of a conv/linear layer's weights, optionally adding a bias parameter."""
+    bias = with_bias or layer.bias is not None
+    if isinstance(layer, nn.Linear):
+        new = nn.Linear(layer.in_features, layer.out_features, bias=bias)
+    else:
+        new = type(layer)(
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            groups=layer.groups,
+            bias=bias,
+        )
+    new = new.to(device=layer.weight.device, dtype=layer.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(layer.weight)
+        if layer.bias is not None:
+            new.bias.copy_(layer.bias)
+    return new

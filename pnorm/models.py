@@ -1,0 +1,197 @@
+"""Networks built from a per-layer passport map, and the public export that strips all secrets.
+
+Every model here takes ``forward(x, branch=0)``: ``model(x)`` is the deployed branch; ``branch=1``
+runs the passport branch; ``branch="both"`` runs both in one batched pass and returns a pair.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import Branch, ConvNormAct, NormKind, PassportAwareNorm, check_branch
+
+Scheme = Literal["plain", "pan", "deepipr"]
+
+__all__ = [
+    "ALEXNET_LAYERS",
+    "AlexNetCIFAR",
+    "build_model",
+    "export_public",
+    "init_weights",
+    "passport_layers",
+    "replace_module",
+    "total_sign_loss",
+    "unit_layers",
+]
+
+# Widths of the five conv units of the CIFAR AlexNet (PAN_SPEC §3.5).
+_ALEXNET_WIDTHS = (64, 192, 384, 256, 256)
+_ALEXNET_KERNELS = (5, 5, 3, 3, 3)
+ALEXNET_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+
+# scheme -> (norm of every unit, MLP in passport layers, shared statistics between branches)
+_SCHEMES: dict[str, tuple[NormKind, bool, bool]] = {
+    "plain": ("bn", False, False),
+    "pan": ("bn", True, False),
+    "deepipr": ("gn", False, True),
+}
+
+
+def passport_layers(model: nn.Module) -> dict[str, PassportAwareNorm]:
+    """The model's passport layers by module name, in forward (registration) order."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, PassportAwareNorm)}
+
+
+def total_sign_loss(model: nn.Module) -> torch.Tensor:
+    """Total sign loss: the plain sum over all passport layers (PAN_SPEC §2)."""
+    losses = [layer.sign_loss() for layer in passport_layers(model).values()]
+    if not losses:
+        raise ValueError("the model has no passport layers, so it has no sign loss")
+    return torch.stack(losses).sum()
+
+
+def unit_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """All conv units (plain or passport-aware) by module name, in forward order."""
+    kinds = (PassportAwareNorm, ConvNormAct)
+    return {n: m for n, m in model.named_modules() if isinstance(m, kinds)}
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Swap the sub-module called ``name`` (dotted path) for ``new`` in place."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+@torch.no_grad()
+def init_weights(model: nn.Module, generator: torch.Generator) -> nn.Module:
+    """Initialise every conv/linear weight from ``generator`` (no global RNG).
+
+    Convs: Kaiming normal, fan-out, ReLU gain (as the original). Linear layers: PyTorch's
+    default rule (Kaiming uniform with a=sqrt(5), bias U(-1/sqrt(fan_in), 1/sqrt(fan_in))).
+    """
+    for m in model.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+            nn.init.kaiming_normal_(
+                m.weight, mode="fan_out", nonlinearity="relu", generator=generator
+            )
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=generator)
+            if m.bias is not None:
+                bound = 1 / math.sqrt(m.in_features)
+                nn.init.uniform_(m.bias, -bound, bound, generator=generator)
+    return model
+
+
+class AlexNetCIFAR(nn.Module):
+    """The 5-conv AlexNet for 32×32 inputs used by PAN and DeepIPR (PAN_SPEC §3.5).
+
+    ``scheme`` picks plain / PAN / DeepIPR-style units; ``passport_layers`` names which of
+    ``conv1..conv5`` carry passports; ``width`` scales every channel count (CPU profiles).
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        width: float = 1.0,
+        scheme: Scheme = "pan",
+        passport_layers: Iterable[str] | None = None,
+        norm: NormKind | None = None,
+        image_size: int = 32,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if scheme not in _SCHEMES:
+            raise ValueError(f"scheme must be one of {sorted(_SCHEMES)}, got {scheme!r}")
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        if width <= 0:
+            raise ValueError(f"width must be positive, got {width}")
+        default_norm, mlp, shared = _SCHEMES[scheme]
+        norm = norm or default_norm
+        chosen = set(ALEXNET_LAYERS if passport_layers is None else passport_layers)
+        if scheme == "plain":
+            chosen = set()
+        unknown = chosen - set(ALEXNET_LAYERS)
+        if unknown:
+            raise ValueError(
+                f"unknown layer(s) {sorted(unknown)} in the passport map; "
+                f"AlexNetCIFAR has {list(ALEXNET_LAYERS)}"
+            )
+        self.config: dict[str, Any] = {
+            "arch": "alexnet",
+            "num_classes": num_classes,
+            "width": width,
+            "scheme": scheme,
+            "passport_layers": sorted(chosen),
+            "norm": norm,
+            "image_size": image_size,
+        }
+        channels = [max(1, round(c * width)) for c in _ALEXNET_WIDTHS]
+        sizes = [image_size, image_size // 2] + [image_size // 4] * 3
+        c_in = 3
+        specs = zip(ALEXNET_LAYERS, channels, _ALEXNET_KERNELS, sizes, strict=True)
+        for name, c_out, k, size in specs:
+            conv = nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=False)
+            if name in chosen:
+                unit: nn.Module = PassportAwareNorm(
+                    conv, (1, c_in, size, size), norm=norm, mlp=mlp, shared_stats=shared
+                )
+            else:
+                unit = ConvNormAct(conv, norm=norm)
+            setattr(self, name, unit)
+            c_in = c_out
+        self.classifier = nn.Linear(channels[-1] * (image_size // 8) ** 2, num_classes)
+        init_weights(self, torch.Generator().manual_seed(seed))
+
+    def forward(self, x: torch.Tensor, branch: Branch = 0):
+        branch = check_branch(branch)
+        if branch != 0 and not passport_layers(self):
+            raise ValueError(
+                "this model has no passport layers (a public export?): attach the owner's "
+                "vault with Vault.attach(model) before asking for branch 1"
+            )
+        if branch == "both":
+            x = torch.cat([x, x])
+        x = F.max_pool2d(self.conv1(x, branch), 2)
+        x = F.max_pool2d(self.conv2(x, branch), 2)
+        x = self.conv4(self.conv3(x, branch), branch)
+        x = F.max_pool2d(self.conv5(x, branch), 2)
+        logits = self.classifier(x.flatten(1))
+        return tuple(logits.chunk(2)) if branch == "both" else logits
+
+
+_ARCHS = {"alexnet": AlexNetCIFAR}
+
+
+def build_model(config: dict[str, Any], seed: int = 0) -> nn.Module:
+    """Rebuild a model from the ``model.config`` dictionary every model here carries."""
+    cfg = dict(config)
+    arch = cfg.pop("arch", None)
+    if arch not in _ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; known: {sorted(_ARCHS)}")
+    return _ARCHS[arch](**cfg, seed=seed)
+
+
+@torch.no_grad()
+def export_public(model: nn.Module) -> nn.Module:
+    """The deployable network: every passport layer folded to conv -> affine norm -> act.
+
+    The result holds no passport, signature, MLP or branch-1 statistics (PAN_SPEC §1.5); in
+    eval mode its outputs equal branch 0 of ``model``.
+    """
+    public = copy.deepcopy(model)
+    for name, layer in passport_layers(public).items():
+        replace_module(public, name, layer.to_public())
+    if hasattr(public, "config"):
+        public.config = {**public.config, "scheme": "plain", "passport_layers": []}
+    return public

@@ -1,0 +1,110 @@
+"""Scale profiles: ``smoke`` (CI), ``cpu`` (embedded default), ``gpu`` and ``paper``.
+
+``PNORM_PROFILE`` picks one (default: ``gpu`` when CUDA is present, else ``cpu``);
+``PNORM_DATA=synthetic|real`` and ``PNORM_DEVICE`` override its data and device.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import torch
+
+__all__ = ["PROFILES", "Profile", "cache_dir", "get_profile"]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Every scale knob a chapter needs, so chapters never hard-code sizes."""
+
+    name: str
+    data: str  # "synthetic" or "real"
+    device: str
+    width: float  # AlexNet channel multiplier
+    n_train: int  # synthetic only: training images (real data uses the full set)
+    n_val: int  # held-out part of the training set, for model selection
+    n_test: int  # synthetic only
+    epochs: int
+    batch_size: int
+    lr: float
+    milestones: tuple[int, ...]  # epochs at which the LR is multiplied by 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    n_triggers: int = 100
+    triggers_per_batch: int = 2
+    n_forged: int = 20  # forged passports drawn in verification chapters
+    eval_batch_size: int = 500
+
+    def describe(self) -> str:
+        """One line for a chapter's setup cell: profile, data, device and scale."""
+        return (
+            f"profile={self.name} | data={self.data} | device={self.device} | "
+            f"AlexNet width={self.width} | epochs={self.epochs} | batch={self.batch_size}"
+            f"+{self.triggers_per_batch} triggers"
+        )
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke", data="synthetic", device="cpu", width=0.25, n_train=768, n_val=256,
+        n_test=512, epochs=3, batch_size=64, lr=0.02, milestones=(2,), n_triggers=20,
+        triggers_per_batch=2, n_forged=5,
+    ),
+    "cpu": Profile(
+        name="cpu", data="synthetic", device="cpu", width=0.25, n_train=6000, n_val=1000,
+        n_test=2000, epochs=12, batch_size=128, lr=0.02, milestones=(6, 9), n_triggers=50,
+        triggers_per_batch=4, n_forged=20,
+    ),
+    "gpu": Profile(
+        name="gpu", data="real", device="cuda", width=1.0, n_train=0, n_val=5000, n_test=0,
+        epochs=40, batch_size=64, lr=0.01, milestones=(20, 30), n_triggers=100,
+        triggers_per_batch=2, n_forged=50,
+    ),
+    "paper": Profile(
+        name="paper", data="real", device="cuda", width=1.0, n_train=0, n_val=5000, n_test=0,
+        epochs=200, batch_size=64, lr=0.01, milestones=(100, 150), n_triggers=100,
+        triggers_per_batch=2, n_forged=100,
+    ),
+}
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """The active profile: ``name`` or ``PNORM_PROFILE``, with env overrides applied."""
+    name = name or os.environ.get("PNORM_PROFILE") or (
+        "gpu" if torch.cuda.is_available() else "cpu"
+    )
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r} (PNORM_PROFILE); choose from {list(PROFILES)}")
+    profile = PROFILES[name]
+    data = os.environ.get("PNORM_DATA")
+    if data:
+        if data not in ("synthetic", "real"):
+            raise ValueError(f"PNORM_DATA must be 'synthetic' or 'real', got {data!r}")
+        profile = replace(profile, data=data)
+    device = os.environ.get("PNORM_DEVICE")
+    if device:
+        profile = replace(profile, device=device)
+    elif profile.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"profile {name!r} expects a CUDA GPU but none is available; "
+            "set PNORM_DEVICE=cpu to run it on the CPU anyway (slow), or use PNORM_PROFILE=cpu"
+        )
+    try:
+        torch.empty(0, device=profile.device)
+    except (RuntimeError, AssertionError) as e:
+        raise RuntimeError(f"device {profile.device!r} (PNORM_DEVICE) is not usable: {e}") from e
+    return profile
+
+
+def cache_dir() -> Path:
+    """Folder for downloads and trained models: ``PNORM_CACHE`` or ``~/.cache/pnorm``."""
+    path = Path(os.environ.get("PNORM_CACHE") or Path.home() / ".cache" / "pnorm").expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def profile_dict(profile: Profile) -> dict:
+    """The profile as a plain dict (for cache keys and result records)."""
+    return {f.name: getattr(profile, f.name) for f in fields(profile)}

@@ -1,0 +1,274 @@
+"""The owner's vault: everything secret that verification needs, kept apart from the release.
+
+The released model is a stock network (``export_public``); the vault holds per passport layer
+the passports, signature bits, MLP and branch-1 statistics, plus the trigger set, seeds and a
+hash of the released weights (PAN_SPEC §1.5). It is saved without pickle and checksummed.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .layers import ConvNormAct, PassportAwareNorm
+from .models import passport_layers, replace_module
+
+__all__ = ["Vault", "VaultError", "atomic_torch_save", "state_sha256"]
+
+_FORMAT = "pnorm-vault"
+_VERSION = 1
+
+
+class VaultError(ValueError):
+    """A vault file that is missing, truncated, tampered with, or does not fit a model."""
+
+
+def state_sha256(module_or_state: nn.Module | dict[str, torch.Tensor]) -> str:
+    """SHA-256 over a state dict's names, dtypes, shapes and bytes (order-independent)."""
+    state = (
+        module_or_state.state_dict() if isinstance(module_or_state, nn.Module) else module_or_state
+    )
+    return _digest("", state)
+
+
+def _digest(meta_json: str, tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256(meta_json.encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temp file in the same folder, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+_LAYER_KEYS = ("passport_gamma", "passport_beta", "signature")
+
+
+@dataclass
+class Vault:
+    """Private verification material for one protected model (see module docstring)."""
+
+    arch: dict[str, Any]
+    layers: dict[str, dict[str, Any]]
+    trigger_images: torch.Tensor | None = None
+    trigger_labels: torch.Tensor | None = None
+    seeds: dict[str, int] = field(default_factory=dict)
+    message: str | None = None
+    public_sha256: str | None = None
+    data_stats: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: nn.Module,
+        trigger_images: torch.Tensor | None = None,
+        trigger_labels: torch.Tensor | None = None,
+        seeds: dict[str, int] | None = None,
+        message: str | None = None,
+        public_model: nn.Module | None = None,
+        data_stats: dict[str, Any] | None = None,
+    ) -> Vault:
+        """Collect the secrets of a trained protected ``model`` (copies, on the CPU)."""
+        layers = {}
+        for name, layer in passport_layers(model).items():
+            tensors = {k: getattr(layer, k).detach().cpu().clone() for k in _LAYER_KEYS}
+            if layer.mlp is not None:
+                for k, v in layer.mlp.state_dict().items():
+                    tensors[f"mlp.{k}"] = v.detach().cpu().clone()
+            if layer.norm1 is not None:
+                for k, v in layer.norm1.state_dict().items():
+                    tensors[f"norm1.{k}"] = v.detach().cpu().clone()
+            layers[name] = {
+                "tensors": tensors,
+                "config": {
+                    "norm": layer.norm_kind,
+                    "mlp": layer.mlp is not None,
+                    "shared_stats": layer.shared_stats,
+                    "activation": layer.activation,
+                    "sign_alpha": layer.sign_alpha,
+                    "passport_shape": list(layer.passport_shape),
+                },
+            }
+        if not layers:
+            raise VaultError("the model has no passport layers: nothing to put in a vault")
+        return cls(
+            arch=dict(getattr(model, "config", {})),
+            layers=layers,
+            trigger_images=None if trigger_images is None else trigger_images.cpu().clone(),
+            trigger_labels=None if trigger_labels is None else trigger_labels.cpu().clone(),
+            seeds=dict(seeds or {}),
+            message=message,
+            public_sha256=None if public_model is None else state_sha256(public_model),
+            data_stats=dict(data_stats or {}),
+        )
+
+    @property
+    def signature(self) -> torch.Tensor:
+        """The full signature: all layers' bits concatenated in forward order."""
+        return torch.cat([entry["tensors"]["signature"] for entry in self.layers.values()])
+
+    @torch.no_grad()
+    def attach(self, public_model: nn.Module) -> nn.Module:
+        """A protected copy of ``public_model``: its weights plus this vault's passport branch.
+
+        The suspect's conv weights and branch-0 affine/statistics are used as they are; only
+        the secrets come from the vault. The input model is not modified.
+        """
+        protected = copy.deepcopy(public_model)
+        modules = dict(protected.named_modules())
+        for name, entry in self.layers.items():
+            unit = modules.get(name)
+            if not isinstance(unit, ConvNormAct):
+                raise VaultError(
+                    f"the suspect model has no plain conv unit {name!r} "
+                    f"(found {type(unit).__name__}); this vault is for a {self.arch.get('arch')} "
+                    f"with passport layers {list(self.layers)}"
+                )
+            replace_module(protected, name, self._rebuild_layer(name, unit, entry))
+        if hasattr(protected, "config") and self.arch:
+            protected.config = dict(self.arch)
+        return protected
+
+    def _rebuild_layer(self, name: str, unit: ConvNormAct, entry: dict) -> PassportAwareNorm:
+        cfg, tensors = entry["config"], entry["tensors"]
+        if cfg["norm"] == "none":
+            raise VaultError(
+                f"layer {name!r}: re-attaching to a layer without normalisation is not "
+                "supported (its public affine is folded into the weights)"
+            )
+        if unit.norm_kind != cfg["norm"]:
+            raise VaultError(
+                f"layer {name!r}: the suspect uses norm {unit.norm_kind!r}, vault expects "
+                f"{cfg['norm']!r}"
+            )
+        conv = copy.deepcopy(unit.conv)
+        layer = PassportAwareNorm(
+            conv,
+            tuple(cfg["passport_shape"]),
+            norm=cfg["norm"],
+            mlp=cfg["mlp"],
+            shared_stats=cfg["shared_stats"],
+            activation=cfg["activation"],
+            sign_alpha=cfg["sign_alpha"],
+        ).to(unit.conv.weight.device)
+        if layer.signature.numel() != tensors["signature"].numel():
+            raise VaultError(
+                f"layer {name!r}: suspect has {layer.signature.numel()} channels, vault signature "
+                f"has {tensors['signature'].numel()} bits"
+            )
+        layer.gamma0.copy_(unit.norm.weight)
+        layer.beta0.copy_(unit.norm.bias)
+        if cfg["norm"] == "bn":
+            layer.norm0.load_state_dict(
+                {k: v for k, v in unit.norm.state_dict().items() if k not in ("weight", "bias")}
+            )
+        own = {k: v for k, v in tensors.items() if not k.startswith(("mlp.", "norm1."))}
+        for k, v in own.items():
+            getattr(layer, k).copy_(v)
+        if layer.mlp is not None:
+            layer.mlp.load_state_dict(_sub(tensors, "mlp."))
+        if layer.norm1 is not None:
+            layer.norm1.load_state_dict(_sub(tensors, "norm1."))
+        return layer
+
+    # ------------------------------------------------------------------ persistence
+    def _flat(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        tensors: dict[str, torch.Tensor] = {}
+        for lname, entry in self.layers.items():
+            for k, v in entry["tensors"].items():
+                tensors[f"layers/{lname}/{k}"] = v
+        if self.trigger_images is not None:
+            tensors["trigger/images"] = self.trigger_images
+            tensors["trigger/labels"] = self.trigger_labels
+        meta = {
+            "arch": self.arch,
+            "layer_config": {n: e["config"] for n, e in self.layers.items()},
+            "layer_order": list(self.layers),
+            "seeds": self.seeds,
+            "message": self.message,
+            "public_sha256": self.public_sha256,
+            "data_stats": self.data_stats,
+        }
+        return meta, tensors
+
+    def save(self, path: str | Path) -> Path:
+        """Write the vault atomically, with a SHA-256 over its metadata and tensors."""
+        meta, tensors = self._flat()
+        meta_json = json.dumps(meta, sort_keys=True)
+        payload = {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "meta": meta_json,
+            "tensors": tensors,
+            "sha256": _digest(meta_json, tensors),
+        }
+        atomic_torch_save(payload, path)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Vault:
+        """Read a vault without executing code; truncated or modified files raise VaultError."""
+        path = Path(path)
+        if not path.is_file():
+            raise VaultError(f"no vault file at {path}")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+            raise VaultError(
+                f"{path} could not be read as a vault (truncated or not a pnorm vault): {e}"
+            ) from e
+        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+            raise VaultError(f"{path} is not a pnorm vault file")
+        if payload.get("version") != _VERSION:
+            raise VaultError(f"{path} has vault version {payload.get('version')}, expected 1")
+        meta_json, tensors = payload["meta"], payload["tensors"]
+        if _digest(meta_json, tensors) != payload.get("sha256"):
+            raise VaultError(
+                f"{path} failed its SHA-256 check: the file was modified after it was saved"
+            )
+        meta = json.loads(meta_json)
+        layers = {}
+        for lname in meta["layer_order"]:
+            layers[lname] = {
+                "tensors": _sub(tensors, f"layers/{lname}/"),
+                "config": meta["layer_config"][lname],
+            }
+        return cls(
+            arch=meta["arch"],
+            layers=layers,
+            trigger_images=tensors.get("trigger/images"),
+            trigger_labels=tensors.get("trigger/labels"),
+            seeds=meta["seeds"],
+            message=meta["message"],
+            public_sha256=meta["public_sha256"],
+            data_stats=meta["data_stats"],
+        )
+
+
+def _sub(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}

@@ -1,0 +1,170 @@
+"""Train-or-load: the models the chapters share, cached on disk by configuration and source.
+
+A cache entry's key covers the model, the recipe, the seeds, the data's bytes and a fingerprint
+of the ``pnorm`` source, so a code change never serves a stale model. Writes are atomic; an
+unreadable entry is rebuilt (resuming from its last epoch checkpoint when that is sound).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .data import ImageData, ImageSplits, abstract_trigger_set, load_cifar, synthetic_splits
+from .models import build_model, export_public
+from .passport import key_model
+from .profiles import Profile, cache_dir
+from .train import config_for, train
+from .vault import Vault, atomic_torch_save
+
+__all__ = [
+    "Trained",
+    "image_splits",
+    "source_fingerprint",
+    "train_or_load",
+    "trigger_set",
+]
+
+_PKG_DIR = Path(__file__).resolve().parent
+
+
+def source_fingerprint() -> str:
+    """SHA-256 of every ``pnorm/*.py`` file: part of each cache key."""
+    h = hashlib.sha256()
+    for path in sorted(_PKG_DIR.glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _tensor_digest(*tensors: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def image_splits(profile: Profile, task: str = "shapes", seed: int = 0) -> ImageSplits:
+    """The profile's image data: synthetic stand-ins, or real CIFAR-10 (``shapes``) / CIFAR-100.
+
+    Real data lives in ``<PNORM_CACHE>/data`` and is downloaded there if missing; offline that
+    is a clear ``DataNotFoundError`` — never a silent switch to synthetic data.
+    """
+    if profile.data == "synthetic":
+        return synthetic_splits(profile.n_train, profile.n_val, profile.n_test, seed, task)
+    name = {"shapes": "cifar10", "textures": "cifar100"}.get(task, task)
+    return load_cifar(cache_dir() / "data", name, download=True, n_val=profile.n_val, seed=seed)
+
+
+def trigger_set(profile: Profile, num_classes: int = 10, seed: int = 1) -> ImageData:
+    """The owner's trigger set: abstract out-of-distribution images with fixed random labels."""
+    return abstract_trigger_set(profile.n_triggers, num_classes, seed)
+
+
+@dataclass
+class Trained:
+    """A trained model with everything the chapters need about it."""
+
+    model: nn.Module  # as trained: protected (both branches) or plain
+    public: nn.Module  # what the owner releases
+    vault: Vault | None  # the owner's secrets (None for a plain model)
+    history: list[dict]
+    selected_epoch: int
+    key: str
+    record: dict[str, Any]
+
+
+def train_or_load(
+    scheme: str,
+    profile: Profile,
+    splits: ImageSplits,
+    trigger: ImageData | None = None,
+    preset: str = "faithful",
+    seed: int = 0,
+    message: str | None = None,
+    progress: bool = True,
+    **overrides: Any,
+) -> Trained:
+    """Return the AlexNet of ``scheme`` trained on ``splits`` with the profile's recipe.
+
+    Trained once, then loaded from ``<PNORM_CACHE>/models``. ``overrides`` go to the
+    ``TrainConfig`` (e.g. ``schedule="alternating"``) and are part of the key.
+    """
+    model_config = {
+        "arch": "alexnet", "num_classes": splits.num_classes, "width": profile.width,
+        "scheme": scheme, "passport_layers": None, "norm": None, "image_size": 32,
+    }
+    train_config = config_for(
+        preset, epochs=profile.epochs, batch_size=profile.batch_size, lr=profile.lr,
+        momentum=profile.momentum, weight_decay=profile.weight_decay,
+        milestones=tuple(profile.milestones), triggers_per_batch=profile.triggers_per_batch,
+        seed=seed, eval_batch_size=profile.eval_batch_size, **overrides,
+    )
+    data_parts = [splits.train.images, splits.train.labels, splits.val.images, splits.test.images]
+    if trigger is not None:
+        data_parts += [trigger.images, trigger.labels]
+    record = {
+        "model": model_config, "train": asdict(train_config), "preset": preset, "seed": seed,
+        "message": message, "data": splits.source, "data_digest": _tensor_digest(*data_parts),
+        "mean": list(splits.mean), "std": list(splits.std), "source": source_fingerprint(),
+    }
+    key = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+    folder = cache_dir() / "models" / f"alexnet-{scheme}-{key}"
+    loaded = _load(folder, key, record)
+    if loaded is not None:
+        return loaded
+
+    model = build_model(model_config, seed=seed)
+    if scheme != "plain":
+        key_model(model, torch.Generator().manual_seed(seed + 1), message)
+    result = train(model, splits, train_config, trigger, profile.device,
+                   checkpoint=folder / "checkpoint.pt", progress=progress,
+                   desc=f"{scheme} ({profile.name})")
+    model = result.model.cpu().eval()
+    public = export_public(model)
+    vault = None
+    if scheme != "plain":
+        vault = Vault.from_model(
+            model, None if trigger is None else trigger.images,
+            None if trigger is None else trigger.labels,
+            seeds={"model": seed, "passports": seed + 1}, message=message, public_model=public,
+            data_stats={"mean": list(splits.mean), "std": list(splits.std)},
+        )
+        vault.save(folder / "vault.pt")
+    atomic_torch_save(
+        {"model_state": model.state_dict(), "history": result.history,
+         "selected_epoch": result.selected_epoch, "key": key},
+        folder / "final.pt",
+    )
+    return Trained(model, public, vault, result.history, result.selected_epoch, key, record)
+
+
+def _load(folder: Path, key: str, record: dict) -> Trained | None:
+    final = folder / "final.pt"
+    if not final.exists():
+        return None
+    try:
+        saved = torch.load(final, map_location="cpu", weights_only=True)
+        if saved.get("key") != key:
+            raise ValueError("key mismatch")
+        model = build_model(record["model"], seed=record["seed"])
+        if record["model"]["scheme"] != "plain":
+            key_model(model, torch.Generator().manual_seed(0))  # shapes only; state overwrites
+        model.load_state_dict(saved["model_state"])
+        vault = None if record["model"]["scheme"] == "plain" else Vault.load(folder / "vault.pt")
+    except Exception as e:  # corrupt or partial entry: rebuild it, never trust it
+        warnings.warn(f"cache entry {folder} is unreadable ({e}); rebuilding it from its "
+                      "epoch checkpoint", stacklevel=3)
+        for name in ("final.pt", "vault.pt"):
+            (folder / name).unlink(missing_ok=True)
+        return None
+    model.eval()
+    return Trained(model, export_public(model), vault, saved["history"],
+                   saved["selected_epoch"], key, record)

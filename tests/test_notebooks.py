@@ -1,0 +1,111 @@
+"""The chapter notebooks: committed clean, all in the table of contents, and they run.
+
+Each ``notebooks/*.ipynb`` is executed top to bottom with nbclient in the ``smoke`` profile,
+kernel working directory ``notebooks/``, sharing one ``PNORM_CACHE`` for the whole session
+(``pnorm_cache_dir`` in ``conftest.py``), so models trained here are reused by later notebooks
+and by the book build in ``test_book.py``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NB_DIR = REPO_ROOT / "notebooks"
+NOTEBOOKS = sorted(NB_DIR.glob("*.ipynb"))
+CELL_TIMEOUT_S = 600
+KERNEL_NAME = "python3"
+
+
+def _toc_files() -> list[str]:
+    """Every ``file:`` (and the root) of ``_toc.yml``, as written (no suffix)."""
+    toc = yaml.safe_load((REPO_ROOT / "_toc.yml").read_text(encoding="utf-8"))
+    files = [toc["root"]]
+
+    def walk(entries: list[dict]) -> None:
+        for entry in entries or []:
+            if "file" in entry:
+                files.append(str(Path(entry["file"]).with_suffix("")))
+            for key in ("sections", "chapters", "parts"):
+                walk(entry.get(key, []))
+
+    for key in ("chapters", "parts", "sections"):
+        walk(toc.get(key, []))
+    return files
+
+
+def test_there_are_notebooks() -> None:
+    assert NOTEBOOKS, f"no notebooks found in {NB_DIR}"
+
+
+def test_notebooks_and_toc_agree() -> None:
+    toc = _toc_files()
+    in_toc = {f for f in toc if f.startswith("notebooks/")}
+    on_disk = {f"notebooks/{p.stem}" for p in NOTEBOOKS}
+    assert on_disk - in_toc == set(), f"notebooks missing from _toc.yml: {sorted(on_disk - in_toc)}"
+    assert in_toc - on_disk == set(), (
+        f"_toc.yml entries without a notebook: {sorted(in_toc - on_disk)}"
+    )
+    missing = [
+        f
+        for f in toc
+        if not any((REPO_ROOT / f).with_suffix(s).exists() for s in (".md", ".ipynb"))
+    ]
+    assert not missing, f"_toc.yml entries with no .md/.ipynb file: {missing}"
+    assert len(toc) == len(set(toc)), f"duplicate entries in _toc.yml: {toc}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_committed_clean(path: Path) -> None:
+    """No outputs, no execution counts, no saved widget state: the book build executes them."""
+    nb = nbformat.read(path, as_version=4)
+    dirty = [
+        i
+        for i, cell in enumerate(nb.cells)
+        if cell.cell_type == "code"
+        and (cell.get("outputs") or cell.get("execution_count") is not None)
+    ]
+    assert not dirty, (
+        f"{path.name}: code cells {dirty} have outputs or execution counts; clear them, e.g. "
+        f"`jupyter nbconvert --clear-output --inplace {path.relative_to(REPO_ROOT)}`"
+    )
+    assert "widgets" not in nb.metadata, f"{path.name}: saved widget state in the notebook metadata"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_uses_python3_kernel(path: Path) -> None:
+    """The book build starts the kernel named in the notebook; it must be the venv's python3."""
+    nb = nbformat.read(path, as_version=4)
+    name = nb.metadata.get("kernelspec", {}).get("name")
+    assert name == KERNEL_NAME, f"{path.name}: kernelspec name {name!r}, expected {KERNEL_NAME!r}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_in_smoke_profile(path: Path, pnorm_cache_dir: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        nb,
+        timeout=CELL_TIMEOUT_S,
+        kernel_name=KERNEL_NAME,
+        resources={"metadata": {"path": str(NB_DIR)}},
+    )
+    start = time.perf_counter()
+    try:
+        client.execute()
+    except CellExecutionError as exc:
+        pytest.fail(f"{path.name}: a cell raised\n{exc}", pytrace=False)
+    except CellTimeoutError as exc:
+        pytest.fail(f"{path.name}: a cell ran longer than {CELL_TIMEOUT_S} s\n{exc}", pytrace=False)
+    except DeadKernelError as exc:
+        pytest.fail(f"{path.name}: the kernel died (out of memory?)\n{exc}", pytrace=False)
+    print(
+        f"\n[test_notebooks] {path.name} ran in {time.perf_counter() - start:.1f} s "
+        f"(PNORM_CACHE={pnorm_cache_dir})"
+    )

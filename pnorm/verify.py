@@ -151,7 +151,8 @@ def forged_passport_trials(
         det = signature_detection(model, passports=fake)
         trials.append(
             {"trial": i, "accuracy": acc, "detection": det["pooled"], "matches": det["matches"],
-             "bits": det["bits"], "log10_p": binomial_tail(det["matches"], det["bits"])}
+             "bits": det["bits"], "log10_p": binomial_tail(det["matches"], det["bits"]),
+             "per_layer": det["per_layer"]}
         )
     return trials
 

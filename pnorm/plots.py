@@ -1,0 +1,100 @@
+"""One look for every figure in the book: style, colour meaning and a few shared plots.
+
+Colours follow the Okabe–Ito colour-blind-safe palette and always mean the same thing:
+branch 0 (deployed) blue, branch 1 (true passport) green, forged orange-red, attacked purple,
+plain model grey, DeepIPR-style baseline orange.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import seaborn as sns
+
+__all__ = [
+    "COLORS", "LABELS", "chance_line", "fig_png", "percent_axis", "plot_curves", "use_style",
+]
+
+COLORS = {
+    "branch0": "#0072B2",
+    "branch1": "#009E73",
+    "forged": "#D55E00",
+    "attacked": "#CC79A7",
+    "plain": "#595959",
+    "deepipr": "#E69F00",
+    "pan": "#0072B2",  # a PAN model's deployed branch
+    "trigger": "#56B4E9",
+    "chance": "#AAAAAA",
+}
+
+LABELS = {
+    "branch0": "branch 0 (deployed)",
+    "branch1": "branch 1 (true passport)",
+    "forged": "forged passport",
+    "attacked": "after attack",
+    "plain": "plain AlexNet",
+    "deepipr": "DeepIPR-style",
+    "pan": "PAN",
+}
+
+
+def use_style() -> None:
+    """Apply the book's matplotlib/seaborn style (call once in each chapter's setup cell)."""
+    sns.set_theme(context="notebook", style="whitegrid", font_scale=0.95)
+    plt.rcParams.update(
+        {
+            "figure.figsize": (7.0, 3.6),
+            "figure.dpi": 100,
+            "savefig.dpi": 100,
+            "savefig.bbox": "tight",
+            "axes.titleweight": "bold",
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "legend.frameon": False,
+            "image.cmap": "RdBu_r",
+        }
+    )
+
+
+def chance_line(ax: plt.Axes, level: float, label: str = "chance") -> None:
+    """A dashed horizontal line at chance level, labelled at the right edge."""
+    ax.axhline(level, color=COLORS["chance"], ls="--", lw=1, zorder=0)
+    ax.annotate(label, (1.0, level), xycoords=("axes fraction", "data"), ha="right",
+                va="bottom", fontsize=8, color="#777777")
+
+
+def plot_curves(
+    ax: plt.Axes,
+    histories: dict[str, list[dict]],
+    key: str,
+    colors: dict[str, str],
+    styles: dict[str, str] | None = None,
+    scale: float = 100.0,
+) -> None:
+    """Plot ``key`` of each history (epochs on x) with the given colour per label."""
+    for label, history in histories.items():
+        points = [(h["epoch"] + 1, h[key]) for h in history if h.get(key) is not None]
+        if not points:
+            continue
+        xs, ys = zip(*points, strict=True)
+        ax.plot(xs, [y * scale for y in ys], color=colors[label],
+                ls=(styles or {}).get(label, "-"), marker="o", ms=3, label=label)
+    ax.set_xlabel("epoch")
+
+
+def fig_png(fig: plt.Figure) -> bytes:
+    """Render a figure to PNG bytes and close it (for precomputed widget frames)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def percent_axis(ax: plt.Axes, axis: str = "y", limits: Sequence[float] | None = (0, 100)) -> None:
+    """Label an axis in percent and (by default) fix it to 0–100."""
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0f}%"))
+    if limits is not None:
+        (ax.set_ylim if axis == "y" else ax.set_xlim)(*limits)

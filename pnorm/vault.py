@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,15 +237,23 @@ class Vault:
             raise VaultError(f"no vault file at {path}")
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
-        except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        except Exception as e:  # a damaged file can fail anywhere in unzip/unpickle
             raise VaultError(
-                f"{path} could not be read as a vault (truncated or not a pnorm vault): {e}"
+                f"{path} could not be read as a vault (truncated or not a pnorm vault): "
+                f"{type(e).__name__}: {e}"
             ) from e
         if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
             raise VaultError(f"{path} is not a pnorm vault file")
         if payload.get("version") != _VERSION:
             raise VaultError(f"{path} has vault version {payload.get('version')}, expected 1")
-        meta_json, tensors = payload["meta"], payload["tensors"]
+        meta_json, tensors = payload.get("meta"), payload.get("tensors")
+        if not (
+            isinstance(meta_json, str)
+            and isinstance(tensors, dict)
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                    for k, v in tensors.items())
+        ):
+            raise VaultError(f"{path} failed its SHA-256 check: its contents are malformed")
         if _digest(meta_json, tensors) != payload.get("sha256"):
             raise VaultError(
                 f"{path} failed its SHA-256 check: the file was modified after it was saved"

@@ -40,7 +40,7 @@ hash_inputs() {
 WANT="$(hash_inputs)"
 
 if [[ -f "$STAMP" ]] && [[ "$(cat "$STAMP")" == "$WANT" ]] \
-   && "$PY" -c 'import pnorm, torch' >/dev/null 2>&1; then
+   && "$PY" -c 'import importlib.util as u, sys; sys.exit(not (u.find_spec("pnorm") and u.find_spec("torch")))' >/dev/null 2>&1; then
   log "dependencies up to date (stamp $STAMP matches pyproject.toml + torch spec); skipping pip."
   exit 0
 fi

@@ -31,6 +31,7 @@ from bs4 import BeautifulSoup
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILD_TIMEOUT_S = 3600
 PAGE_TIMEOUT_MS = 60_000
+MATHJAX_START_MS = 10_000
 
 # Chromium flags measured in TOOLCHAIN.md (headless, offline, no sandbox as root).
 CHROMIUM_ARGS = [
@@ -279,6 +280,17 @@ def _allowed(text: str, url: str) -> bool:
     return False
 
 
+def _wait_for(page, js: str, timeout: int = PAGE_TIMEOUT_MS, arg: object = None) -> bool:
+    """``page.wait_for_function`` that returns False on timeout instead of raising."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+    try:
+        page.wait_for_function(js, arg=arg, timeout=timeout)
+    except PlaywrightTimeoutError:
+        return False
+    return True
+
+
 JS_RAW_TEX = """(pattern) => {
   const re = new RegExp(pattern);
   const skip = "pre, code, script, style, textarea, mjx-container, .highlight, .MathJax";
@@ -291,6 +303,10 @@ JS_RAW_TEX = """(pattern) => {
   }
   return found;
 }"""
+
+# The MathJax script itself (not e.g. our widgets-mathjax-shim.js).
+JS_HAS_MATHJAX = """() => Array.from(document.scripts).some(
+  (s) => /\\/mathjax(@[^/]*)?\\/|\\/tex-(mml-)?(chtml|svg)(-full)?\\.js/i.test(s.src))"""
 
 JS_FIGURES = """() => {
   const imgs = Array.from(document.querySelectorAll("div.cell_output img"));
@@ -324,19 +340,25 @@ def test_page_in_headless_chromium(built_book: BuiltBook, browser, docname: str)
         page.goto(path.as_uri(), wait_until="load", timeout=PAGE_TIMEOUT_MS)
 
         # MathJax: wait until the vendored script has started and finished typesetting.
-        has_mathjax = page.evaluate("() => !!document.querySelector('script[src*=\"mathjax\"]')")
+        has_mathjax = page.evaluate(JS_HAS_MATHJAX)
         if has_mathjax:
-            try:
-                page.wait_for_function(
-                    "() => window.MathJax && MathJax.startup && MathJax.startup.promise",
-                    timeout=PAGE_TIMEOUT_MS,
-                )
-            except Exception as exc:
+            # The script is deferred, so it has run by "load"; startup then typesets the page.
+            started = _wait_for(
+                page,
+                "() => window.MathJax && MathJax.startup && MathJax.startup.promise",
+                timeout=MATHJAX_START_MS,
+            )
+            if not started:
                 pytest.fail(
-                    f"{docname}: MathJax never started ({exc}); is _assets/vendor/mathjax "
-                    "complete? run: bash scripts/vendor_js.sh"
+                    f"{docname}: MathJax never started within {MATHJAX_START_MS} ms; is "
+                    "_assets/vendor/mathjax complete? run: bash scripts/vendor_js.sh",
+                    pytrace=False,
                 )
-            page.evaluate("() => MathJax.startup.promise.then(() => true)")
+            page.evaluate(
+                "() => { MathJax.startup.promise.then(() => { window.__pnormTypeset = true; }); }"
+            )
+            if not _wait_for(page, "() => window.__pnormTypeset === true"):
+                pytest.fail(f"{docname}: MathJax did not finish typesetting", pytrace=False)
         n_math = page.locator("mjx-container").count()
         math_errors = page.evaluate(
             "() => Array.from(document.querySelectorAll('mjx-merror'))"
@@ -346,17 +368,16 @@ def test_page_in_headless_chromium(built_book: BuiltBook, browser, docname: str)
         # ipywidgets: every embedded widget view must be rendered by the vendored html-manager.
         n_views = page.locator('script[type="application/vnd.jupyter.widget-view+json"]').count()
         if n_views:
-            try:
-                page.wait_for_function(
-                    "(n) => document.querySelectorAll('.widget-subarea .jupyter-widgets').length"
-                    " >= n",
-                    arg=n_views,
-                    timeout=PAGE_TIMEOUT_MS,
-                )
-            except Exception:
+            rendered = _wait_for(
+                page,
+                "(n) => document.querySelectorAll('.widget-subarea .jupyter-widgets').length >= n",
+                arg=n_views,
+            )
+            if not rendered:
                 pytest.fail(
                     f"{docname}: {n_views} widget view(s) embedded but not rendered "
-                    "(require.js / html-manager missing?)"
+                    "(require.js / html-manager missing?)",
+                    pytrace=False,
                 )
 
         page.wait_for_timeout(300)  # let late errors (e.g. from widget views) reach the console

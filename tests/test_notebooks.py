@@ -8,6 +8,7 @@ and by the book build in ``test_book.py``.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ NB_DIR = REPO_ROOT / "notebooks"
 NOTEBOOKS = sorted(NB_DIR.glob("*.ipynb"))
 CELL_TIMEOUT_S = 600
 KERNEL_NAME = "python3"
+ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def _toc_files() -> list[str]:
@@ -97,14 +99,17 @@ def test_notebook_runs_in_smoke_profile(path: Path, pnorm_cache_dir: Path) -> No
         resources={"metadata": {"path": str(NB_DIR)}},
     )
     start = time.perf_counter()
+    failure = None
     try:
         client.execute()
     except CellExecutionError as exc:
-        pytest.fail(f"{path.name}: a cell raised\n{exc}", pytrace=False)
+        failure = f"a cell raised\n{exc}"
     except CellTimeoutError as exc:
-        pytest.fail(f"{path.name}: a cell ran longer than {CELL_TIMEOUT_S} s\n{exc}", pytrace=False)
+        failure = f"a cell ran longer than {CELL_TIMEOUT_S} s\n{exc}"
     except DeadKernelError as exc:
-        pytest.fail(f"{path.name}: the kernel died (out of memory?)\n{exc}", pytrace=False)
+        failure = f"the kernel died (out of memory?)\n{exc}"
+    if failure is not None:  # outside the except block: one clean traceback, no chained ones
+        pytest.fail(f"{path.name}: {ANSI_RE.sub('', failure)}", pytrace=False)
     print(
         f"\n[test_notebooks] {path.name} ran in {time.perf_counter() - start:.1f} s "
         f"(PNORM_CACHE={pnorm_cache_dir})"

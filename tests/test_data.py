@@ -1,0 +1,412 @@
+"""Tests of pnorm.data: synthetic stand-ins, augmentation, and the real loaders on tiny files.
+
+The real loaders are exercised on files written in the exact on-disk formats (CIFAR pickles,
+Adi et al. PNG folder), since these machines cannot download the datasets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import struct
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torchvision import datasets
+from torchvision.datasets import utils as tv_utils
+
+from pnorm import data
+from pnorm.data import (
+    CIFAR_MEAN,
+    CIFAR_STD,
+    DataNotFoundError,
+    ImageData,
+    _crop_flip,
+    abstract_trigger_set,
+    augment_crop_flip,
+    load_adi_trigger_set,
+    load_cifar,
+    normalize,
+    synthetic_images,
+    synthetic_splits,
+)
+
+# ------------------------------------------------------------------ synthetic data
+
+
+@pytest.mark.parametrize("task", ["shapes", "textures"])
+def test_synthetic_images_shape_dtype_balance(task: str) -> None:
+    d = synthetic_images(203, seed=3, task=task)
+    assert d.images.shape == (203, 3, 32, 32) and d.images.dtype == torch.uint8
+    assert d.labels.dtype == torch.int64 and len(d) == 203
+    assert len(d.classes) == 10 and all(isinstance(c, str) for c in d.classes)
+    counts = torch.bincount(d.labels, minlength=10)
+    assert counts.max() - counts.min() <= 1  # balanced up to the remainder
+    assert d.images.min() < 30 and d.images.max() > 225  # uses the pixel range
+    per_image_std = d.images.float().flatten(1).std(1)
+    assert (per_image_std > 5).all()  # no blank images
+    assert d.name == f"synthetic-{task}"
+
+
+def test_synthetic_images_deterministic_and_seed_dependent() -> None:
+    threads = torch.get_num_threads()
+    a, b = synthetic_images(64, seed=7), synthetic_images(64, seed=7)
+    assert torch.get_num_threads() == threads  # rendering runs on one thread, then restores
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    c = synthetic_images(64, seed=8)
+    assert not torch.equal(a.images, c.images)
+    t = synthetic_images(64, seed=7, task="textures")
+    assert not torch.equal(a.images, t.images) and t.classes != a.classes
+    with pytest.raises(ValueError, match="unknown synthetic task"):
+        synthetic_images(4, seed=0, task="clouds")
+    assert len(synthetic_images(0, seed=0)) == 0
+    with pytest.raises(TypeError):  # difficulty is edited in the source, never at run time
+        data.SHAPES_NUISANCE["noise"] = 0.0  # type: ignore[index]
+
+
+def test_synthetic_splits_are_independent_and_measured() -> None:
+    sp = synthetic_splits(120, 30, 50, seed=1)
+    assert (len(sp.train), len(sp.val), len(sp.test)) == (120, 30, 50)
+    assert sp.source == "synthetic" and sp.num_classes == 10
+    assert [sp.train.name, sp.val.name, sp.test.name] == [
+        "synthetic-shapes/train", "synthetic-shapes/val", "synthetic-shapes/test"]
+    # splits come from different seeds: no image is shared between train and test
+    flat_train = {bytes(x.numpy()) for x in sp.train.images}
+    assert not any(bytes(x.numpy()) in flat_train for x in sp.test.images)
+    x = sp.train.images.double() / 255
+    assert np.allclose(sp.mean, x.mean((0, 2, 3)).numpy())
+    assert np.allclose(sp.std, x.transpose(0, 1).reshape(3, -1).std(1).numpy())
+    again = synthetic_splits(120, 30, 50, seed=1)
+    assert torch.equal(again.test.images, sp.test.images)
+
+
+def test_abstract_trigger_set_labels_fixed_by_seed() -> None:
+    a, b = abstract_trigger_set(), abstract_trigger_set()
+    assert a.images.shape == (100, 3, 32, 32) and a.images.dtype == torch.uint8
+    assert torch.equal(a.labels, b.labels) and torch.equal(a.images, b.images)
+    assert a.labels.min() >= 0 and a.labels.max() < 10 and len(a.labels.unique()) > 5
+    c = abstract_trigger_set(seed=1)
+    assert not torch.equal(a.labels, c.labels)
+    d = abstract_trigger_set(n=40, num_classes=100, seed=2)
+    assert len(d) == 40 and d.labels.max() < 100 and len(d.classes) == 100
+    assert a.name == "trigger/abstract"
+
+
+def test_image_data_subset_and_validation() -> None:
+    d = synthetic_images(20, seed=0)
+    s = d.subset(torch.tensor([3, 1]))
+    assert torch.equal(s.images[0], d.images[3]) and s.labels[1] == d.labels[1]
+    assert s.classes == d.classes and s.name == d.name
+    assert len(d.subset(d.labels == 0)) == 2
+    with pytest.raises(ValueError):
+        ImageData(d.images.float(), d.labels, d.classes, "bad")
+    with pytest.raises(ValueError):
+        ImageData(d.images, d.labels[:-1], d.classes, "bad")
+
+
+def _spectrum_features(images: torch.Tensor) -> torch.Tensor:
+    """Log |FFT| of the standardised grey image: invariant to position, colour and contrast."""
+    x = images.float().mean(1)
+    x = (x - x.mean((1, 2), keepdim=True)) / (x.std((1, 2), keepdim=True) + 1e-6)
+    return torch.log1p(torch.fft.rfft2(x).abs()).flatten(1)
+
+
+@pytest.mark.parametrize("task", ["shapes", "textures"])
+def test_synthetic_tasks_are_learnable_but_not_trivial(task: str) -> None:
+    # A linear model on translation-invariant spectrum features, 1,500 train / 500 test images.
+    # Not tuned to pass: it only checks "clearly above chance (10 %), below perfect".
+    d = synthetic_images(2000, seed=11, task=task)
+    f = _spectrum_features(d.images)
+    f = (f - f[:1500].mean(0)) / (f[:1500].std(0) + 1e-6)
+    w = torch.zeros(f.shape[1], 10, requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=60)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(f[:1500] @ w, d.labels[:1500])
+        loss = loss + 0.05 * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    acc = ((f[1500:] @ w).argmax(1) == d.labels[1500:]).float().mean().item()
+    print(f"{task}: linear spectrum model test accuracy {acc:.3f}")
+    assert 0.2 < acc < 1.0
+
+
+# ------------------------------------------------------------------ normalisation and augmentation
+
+
+def test_normalize() -> None:
+    x = torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 1, 2).expand(2, 3, 1, 2)
+    y = normalize(x, CIFAR_MEAN, CIFAR_STD)
+    assert y.dtype == torch.float32 and y.shape == x.shape
+    for c in range(3):
+        assert torch.allclose(y[:, c, 0, 0], torch.tensor(-CIFAR_MEAN[c] / CIFAR_STD[c]))
+        assert torch.allclose(y[:, c, 0, 1], torch.tensor((1 - CIFAR_MEAN[c]) / CIFAR_STD[c]))
+    assert normalize(x[0], CIFAR_MEAN, CIFAR_STD).shape == (3, 1, 2)  # a single image works
+    with pytest.raises(TypeError):
+        normalize(x.float(), CIFAR_MEAN, CIFAR_STD)
+
+
+def _numbered(n: int) -> torch.Tensor:
+    """Images whose every pixel value is distinct and non-zero (so zero padding is visible)."""
+    return torch.arange(1, n * 3 * 32 * 32 + 1, dtype=torch.float32).view(n, 3, 32, 32)
+
+
+def test_crop_flip_semantics() -> None:
+    x = _numbered(4)
+    four, zero = torch.full((4,), 4), torch.zeros(4, dtype=torch.long)
+    no, yes = torch.zeros(4, dtype=torch.bool), torch.ones(4, dtype=torch.bool)
+    assert torch.equal(_crop_flip(x, four, four, no), x)  # centre offset: identity
+    assert torch.equal(_crop_flip(x, four, four, yes), x.flip(-1))  # flip all: mirror
+    top_left = _crop_flip(x, zero, zero, no)  # extreme offset: 4 rows/cols of zero padding
+    assert (top_left[:, :, :4, :] == 0).all() and (top_left[:, :, :, :4] == 0).all()
+    assert torch.equal(top_left[:, :, 4:, 4:], x[:, :, :28, :28])
+    bottom_right = _crop_flip(x, 2 * four, 2 * four, no)
+    assert (bottom_right[:, :, 28:, :] == 0).all() and (bottom_right[:, :, :, 28:] == 0).all()
+    assert torch.equal(bottom_right[:, :, :28, :28], x[:, :, 4:, 4:])
+
+
+def test_crop_flip_matches_torchvision() -> None:
+    # torchvision RandomCrop(32, padding=4) pads with 0, crops at (top, left); then hflip.
+    x = synthetic_images(6, seed=5).images
+    oy, ox = torch.tensor([0, 8, 3, 5, 1, 7]), torch.tensor([8, 0, 6, 2, 4, 1])
+    flips = torch.tensor([True, False, True, False, True, False])
+    out = _crop_flip(x, oy, ox, flips)
+    for i in range(6):
+        ref = TF.crop(TF.pad(x[i], [4]), int(oy[i]), int(ox[i]), 32, 32)
+        ref = TF.hflip(ref) if flips[i] else ref
+        assert torch.equal(out[i], ref)
+
+
+def test_augment_crop_flip_reproducible_and_distributed() -> None:
+    x = synthetic_images(16, seed=2).images
+    a = augment_crop_flip(x, torch.Generator().manual_seed(0))
+    b = augment_crop_flip(x, torch.Generator().manual_seed(0))
+    assert a.dtype == torch.uint8 and a.shape == x.shape and torch.equal(a, b)
+    assert not torch.equal(a, augment_crop_flip(x, torch.Generator().manual_seed(1)))
+    assert augment_crop_flip(x.float(), torch.Generator()).dtype == torch.float32
+    # offsets: read them back from the zero rows of an all-ones batch; all 9 values occur
+    ones = torch.ones(1800, 1, 32, 32)
+    out = augment_crop_flip(ones, torch.Generator().manual_seed(3))
+    rows = out[:, 0, :, 16] == 0
+    top = rows[:, :4].sum(1)
+    oy = 4 - top + rows[:, 28:].sum(1)
+    counts = torch.bincount(oy, minlength=9)
+    assert len(counts) == 9 and counts.min() > 120  # ~200 each
+    # flips: with no padding the output is the image or its mirror, about half each
+    y = _numbered(2000)[:, :1]
+    out = augment_crop_flip(y, torch.Generator().manual_seed(4), padding=0)
+    flipped = (out == y.flip(-1)).flatten(1).all(1)
+    assert ((out == y).flatten(1).all(1) ^ flipped).all()
+    assert 0.45 < flipped.float().mean().item() < 0.55
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_augment_generator_on_cpu_images_on_cuda() -> None:
+    x = synthetic_images(8, seed=0).images
+    out = augment_crop_flip(x.cuda(), torch.Generator().manual_seed(0))
+    assert out.is_cuda
+    assert torch.equal(out.cpu(), augment_crop_flip(x, torch.Generator().manual_seed(0)))
+
+
+# ------------------------------------------------------------------ CIFAR on tiny files
+
+_RNG = np.random.default_rng(0)
+
+
+class _Py2Pickler(pickle._Pickler):
+    """Pickles `bytes` as Python 2 `str`, as in the real CIFAR files (written by Python 2).
+
+    Such strings load as b"data" with encoding="bytes" and as "data" with encoding="latin1",
+    which is what torchvision uses; a plain Python 3 pickle of b"data" would not.
+    """
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_py2_str(self, obj: bytes) -> None:
+        n = len(obj)
+        head = pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else (
+            pickle.BINSTRING + struct.pack("<i", n))
+        self.write(head + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+
+
+def _write_pickle(path: Path, obj: dict) -> str:
+    buf = io.BytesIO()
+    _Py2Pickler(buf, protocol=2).dump(obj)
+    path.write_bytes(buf.getvalue())
+    assert pickle.loads(buf.getvalue(), encoding="bytes").keys() == obj.keys()
+    return hashlib.md5(buf.getvalue()).hexdigest()
+
+
+def _tiny_cifar10(root: Path) -> tuple[dict[str, str], np.ndarray, np.ndarray]:
+    """Write `cifar-10-batches-py` with 5 train batches of 2 images and a test batch of 3."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    pixels = _RNG.integers(0, 256, (13, 3072), dtype=np.uint8)
+    pixels[0, 1 * 1024 + 2 * 32 + 3] = 200  # image 0, channel G, row 2, column 3
+    labels = _RNG.integers(0, 10, 13)
+    md5 = {}
+    for k in range(5):
+        md5[f"data_batch_{k + 1}"] = _write_pickle(folder / f"data_batch_{k + 1}", {
+            b"batch_label": b"training batch", b"data": pixels[2 * k:2 * k + 2],
+            b"labels": labels[2 * k:2 * k + 2].tolist(), b"filenames": [b"a.png", b"b.png"]})
+    md5["test_batch"] = _write_pickle(folder / "test_batch", {
+        b"data": pixels[10:], b"labels": labels[10:].tolist()})
+    names = ["airplane", "automobile", "bird", "cat", "deer",
+             "dog", "frog", "horse", "ship", "truck"]
+    md5["batches.meta"] = _write_pickle(folder / "batches.meta", {
+        b"label_names": [n.encode() for n in names], b"num_cases_per_batch": 2})
+    return md5, pixels, labels
+
+
+def _patch_md5(monkeypatch: pytest.MonkeyPatch, cls: type, md5: dict[str, str]) -> None:
+    # torchvision compares each file's md5 with the sums hard-coded on the class (train_list,
+    # test_list, meta["md5"]): point them at our tiny files, which is exactly what it checks.
+    monkeypatch.setattr(cls, "train_list", [[f, md5[f]] for f, _ in cls.train_list])
+    monkeypatch.setattr(cls, "test_list", [[f, md5[f]] for f, _ in cls.test_list])
+    monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": md5[cls.meta["filename"]]})
+
+
+def test_load_cifar10_tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    md5, pixels, labels = _tiny_cifar10(tmp_path)
+    _patch_md5(monkeypatch, datasets.CIFAR10, md5)
+    sp = load_cifar(tmp_path, "cifar10", n_val=3, seed=0)
+    assert sp.source == "real" and sp.num_classes == 10
+    assert sp.mean == CIFAR_MEAN and sp.std == CIFAR_STD
+    assert (len(sp.train), len(sp.val), len(sp.test)) == (7, 3, 3)
+    assert sp.test.images.dtype == torch.uint8 and sp.test.images.shape == (3, 3, 32, 32)
+    assert sp.train.classes[0] == "airplane" and sp.test.name == "cifar10/test"
+    assert sp.val.name == "cifar10/val" and sp.train.name == "cifar10/train"
+    # pixel order: CIFAR rows are channel-major (R, G, B planes), each plane row-major
+    expected = torch.from_numpy(pixels[10:].reshape(3, 3, 32, 32))
+    assert torch.equal(sp.test.images, expected)
+    assert torch.equal(sp.test.labels, torch.from_numpy(labels[10:]).long())
+    # train + val partition the 10 training images, in file order, pixels intact
+    both = torch.cat([sp.train.images, sp.val.images]).flatten(1)
+    assert sorted(bytes(r.numpy()) for r in both) == sorted(bytes(r) for r in pixels[:10])
+    whole = load_cifar(tmp_path, "cifar10", n_val=0)
+    assert whole.train.images[0, 1, 2, 3] == 200 and len(whole.val) == 0
+    assert torch.equal(load_cifar(tmp_path, n_val=3, seed=0).val.images, sp.val.images)
+    with pytest.raises(ValueError):
+        load_cifar(tmp_path, n_val=10)
+    with pytest.raises(ValueError, match="unknown dataset"):
+        load_cifar(tmp_path, "cifar1000")
+
+
+def test_load_cifar100_tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    pixels = _RNG.integers(0, 256, (6, 3072), dtype=np.uint8)
+    fine = [5, 99, 0, 42, 7, 63]
+    md5 = {"train": _write_pickle(folder / "train", {
+        b"data": pixels[:4], b"fine_labels": fine[:4], b"coarse_labels": [0] * 4}),
+        "test": _write_pickle(folder / "test", {
+            b"data": pixels[4:], b"fine_labels": fine[4:], b"coarse_labels": [0] * 2}),
+        "meta": _write_pickle(folder / "meta", {
+            b"fine_label_names": [f"class{i}".encode() for i in range(100)],
+            b"coarse_label_names": [b"x"] * 20})}
+    _patch_md5(monkeypatch, datasets.CIFAR100, md5)
+    sp = load_cifar(tmp_path, "cifar100", n_val=1)
+    assert sp.num_classes == 100 and sp.train.classes[99] == "class99"
+    assert sp.mean == CIFAR_MEAN and sp.std == CIFAR_STD  # faithful: CIFAR-10 constants
+    assert torch.equal(sp.test.labels, torch.tensor([7, 63]))
+    assert torch.equal(sp.test.images, torch.from_numpy(pixels[4:].reshape(2, 3, 32, 32)))
+
+
+def test_load_cifar_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(DataNotFoundError) as err:
+        load_cifar(tmp_path / "nowhere")
+    msg = str(err.value)
+    assert str(tmp_path / "nowhere" / "cifar-10-batches-py") in msg
+    assert "download=True" in msg and "cifar-10-python.tar.gz" in msg
+
+
+def test_load_cifar_wrong_checksum(tmp_path: Path) -> None:
+    _tiny_cifar10(tmp_path)  # md5 sums unpatched: the tiny files are not the real ones
+    with pytest.raises(DataNotFoundError, match="checksum") as err:
+        load_cifar(tmp_path)
+    assert str(tmp_path / "cifar-10-batches-py") in str(err.value)
+
+
+def test_load_cifar_download_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", offline)
+    with pytest.raises(DataNotFoundError, match="downloading cifar10") as err:
+        load_cifar(tmp_path, download=True)
+    assert isinstance(err.value.__cause__, urllib.error.URLError)
+
+
+def test_load_cifar_download_skipped_when_present(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    md5, _, _ = _tiny_cifar10(tmp_path)
+    _patch_md5(monkeypatch, datasets.CIFAR10, md5)
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive",
+                        lambda *a, **k: pytest.fail("downloaded although the files are fine"))
+    assert len(load_cifar(tmp_path, download=True, n_val=2).train) == 8
+
+
+# ------------------------------------------------------------------ Adi et al. trigger set
+
+
+def _tiny_adi(root: Path, n: int = 12) -> list[int]:
+    """Write pics/1.png … n.png (40 wide, 36 high; R encodes the number) + labels-cifar.txt."""
+    (root / "pics").mkdir(parents=True)
+    rows, cols = np.meshgrid(np.arange(36), np.arange(40), indexing="ij")
+    for k in range(1, n + 1):
+        arr = np.stack([np.full((36, 40), 10 * k), rows, cols], -1).astype(np.uint8)
+        Image.fromarray(arr).save(root / "pics" / f"{k}.png")
+    labels = [(7 * k) % 10 for k in range(1, n + 1)]
+    (root / "labels-cifar.txt").write_text("\n".join(map(str, labels)) + "\n")
+    return labels
+
+
+def test_load_adi_numeric_order_and_center_crop(tmp_path: Path) -> None:
+    labels = _tiny_adi(tmp_path)
+    d = load_adi_trigger_set(tmp_path)
+    assert d.images.shape == (12, 3, 32, 32) and d.images.dtype == torch.uint8
+    numbers = (d.images[:, 0, 0, 0].long() // 10).tolist()
+    assert numbers == list(range(1, 13))  # a lexicographic sort would give 1, 10, 11, 12, 2, …
+    assert d.labels.tolist() == labels
+    # torchvision CenterCrop(32) of a 36×40 image starts at row 2, column 4
+    assert torch.equal(d.images[0, 1, :, 0], torch.arange(2, 34, dtype=torch.uint8))
+    assert torch.equal(d.images[0, 2, 0, :], torch.arange(4, 36, dtype=torch.uint8))
+    assert d.name == "trigger/adi" and len(d.classes) == 10
+
+
+def test_load_adi_errors(tmp_path: Path) -> None:
+    with pytest.raises(DataNotFoundError, match="nowhere"):
+        load_adi_trigger_set(tmp_path / "nowhere")
+    _tiny_adi(tmp_path)
+    (tmp_path / "labels-cifar.txt").write_text("1\n2\n3\n")
+    with pytest.raises(ValueError, match="12 images"):
+        load_adi_trigger_set(tmp_path)
+    other = tmp_path / "labels-other.txt"
+    other.write_text("\n".join(["0"] * 12))
+    assert load_adi_trigger_set(tmp_path, labels_file=other).labels.sum() == 0
+    Image.new("RGB", (32, 32)).save(tmp_path / "pics" / "cover.jpg")
+    with pytest.raises(ValueError, match="cover.jpg"):
+        load_adi_trigger_set(tmp_path, labels_file=other)
+
+
+def test_load_adi_accepts_jpg(tmp_path: Path) -> None:
+    (tmp_path / "pics").mkdir()
+    for k in (1, 2):
+        Image.new("RGB", (64, 48), (50 * k, 0, 0)).save(tmp_path / "pics" / f"{k}.jpg")
+    (tmp_path / "labels-cifar.txt").write_text("3\n4\n")
+    d = load_adi_trigger_set(tmp_path)
+    assert d.images.shape == (2, 3, 32, 32) and d.labels.tolist() == [3, 4]
+    assert abs(int(d.images[1, 0, 16, 16]) - 100) < 8  # jpeg is lossy
+    assert data.ADI_URL.startswith("https://github.com/adiyoss/WatermarkNN")

@@ -1,0 +1,106 @@
+"""Profiles: PNORM_PROFILE / PNORM_DATA / PNORM_DEVICE selection and errors, and PNORM_CACHE."""
+
+from dataclasses import FrozenInstanceError
+from pathlib import Path
+
+import pytest
+import torch
+
+from pnorm.profiles import PROFILES, cache_dir, get_profile, profile_dict
+
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    for var in ("PNORM_PROFILE", "PNORM_DATA", "PNORM_DEVICE", "PNORM_CACHE"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.mark.parametrize("name", ["smoke", "cpu"])
+def test_profile_from_the_environment(monkeypatch, name):
+    monkeypatch.setenv("PNORM_PROFILE", name)
+    profile = get_profile()
+    assert profile == PROFILES[name]
+    assert profile.name == name and profile.data == "synthetic" and profile.device == "cpu"
+    assert f"profile={name}" in profile.describe() and "data=synthetic" in profile.describe()
+
+
+def test_cpu_profiles_are_small_and_smoke_is_smallest():
+    smoke, cpu = PROFILES["smoke"], PROFILES["cpu"]
+    assert smoke.n_train < cpu.n_train and smoke.epochs <= cpu.epochs
+    assert all(m < p.epochs for p in PROFILES.values() for m in p.milestones)
+    assert PROFILES["paper"].epochs == 200 and PROFILES["paper"].milestones == (100, 150)
+
+
+def test_explicit_name_beats_the_environment(monkeypatch):
+    monkeypatch.setenv("PNORM_PROFILE", "cpu")
+    assert get_profile("smoke").name == "smoke"
+
+
+@no_cuda
+def test_default_without_cuda_is_cpu():
+    assert get_profile().name == "cpu"
+
+
+def test_unknown_profile_lists_the_choices(monkeypatch):
+    monkeypatch.setenv("PNORM_PROFILE", "laptop")
+    with pytest.raises(ValueError, match="'laptop'") as info:
+        get_profile()
+    for name in PROFILES:
+        assert name in str(info.value)
+    with pytest.raises(ValueError, match="smoke"):
+        get_profile("nope")
+
+
+def test_pnorm_data_overrides_and_is_checked(monkeypatch):
+    monkeypatch.setenv("PNORM_DATA", "real")
+    profile = get_profile("smoke")
+    assert profile.data == "real"
+    assert profile.n_train == PROFILES["smoke"].n_train  # nothing else changes
+    assert PROFILES["smoke"].data == "synthetic"  # the registry itself is untouched
+    monkeypatch.setenv("PNORM_DATA", "imagenet")
+    with pytest.raises(ValueError, match="PNORM_DATA.*'imagenet'"):
+        get_profile("smoke")
+
+
+def test_pnorm_device_overrides_the_device(monkeypatch):
+    monkeypatch.setenv("PNORM_DEVICE", "cpu")
+    profile = get_profile("gpu")  # works without CUDA: the user asked for the CPU
+    assert profile.device == "cpu" and profile.name == "gpu" and profile.data == "real"
+    monkeypatch.setenv("PNORM_DEVICE", "not-a-device")
+    with pytest.raises(RuntimeError, match="not-a-device"):
+        get_profile("smoke")
+
+
+@no_cuda
+@pytest.mark.parametrize("name", ["gpu", "paper"])
+def test_gpu_profiles_without_cuda_say_what_to_do(name):
+    with pytest.raises(RuntimeError, match="PNORM_DEVICE=cpu") as info:
+        get_profile(name)
+    assert "PNORM_PROFILE=cpu" in str(info.value)
+
+
+def test_profiles_are_frozen_and_serialisable():
+    profile = PROFILES["smoke"]
+    with pytest.raises(FrozenInstanceError):
+        profile.epochs = 100  # type: ignore[misc]
+    d = profile_dict(profile)
+    assert d["name"] == "smoke" and d["milestones"] == profile.milestones
+    assert set(d) >= {"data", "device", "width", "n_train", "epochs", "batch_size", "lr"}
+
+
+def test_cache_dir_honours_pnorm_cache(monkeypatch, tmp_path):
+    target = tmp_path / "deep" / "cache"
+    monkeypatch.setenv("PNORM_CACHE", str(target))
+    assert cache_dir() == target
+    assert target.is_dir()  # created on demand
+
+
+def test_cache_dir_defaults_to_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert Path.home() == tmp_path
+    assert cache_dir() == tmp_path / ".cache" / "pnorm"
+    assert (tmp_path / ".cache" / "pnorm").is_dir()
+    monkeypatch.setenv("PNORM_CACHE", "~/elsewhere")
+    assert cache_dir() == tmp_path / "elsewhere"

@@ -1,0 +1,245 @@
+"""Training: exact resume after an interruption, checkpoint safety, seeds, schedules, selection."""
+
+import shutil
+from dataclasses import asdict, replace
+
+import pytest
+import torch
+
+import pnorm.train
+from pnorm.data import abstract_trigger_set, synthetic_splits
+from pnorm.models import AlexNetCIFAR
+from pnorm.passport import key_model
+from pnorm.train import PRESETS, TrainConfig, config_for, train, training_step
+
+CFG = TrainConfig(epochs=3, batch_size=32, lr=0.02, milestones=(2,), triggers_per_batch=2,
+                  select="last", eval_batch_size=64)
+N_TRAIN = 64  # two steps per epoch
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _fresh(scheme: str = "pan") -> AlexNetCIFAR:
+    model = AlexNetCIFAR(width=0.125, scheme=scheme, seed=0)
+    if scheme != "plain":
+        key_model(model, _gen(1))
+    return model
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _without_time(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in rec.items() if k != "train_seconds"} for rec in history]
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic_splits(N_TRAIN, 32, 32, seed=0), abstract_trigger_set(6)
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory):
+    """An uninterrupted 3-epoch run with a checkpoint."""
+    splits, trigger = data
+    path = tmp_path_factory.mktemp("ref") / "checkpoint.pt"
+    result = train(_fresh(), splits, CFG, trigger, checkpoint=path, progress=False)
+    return result, path
+
+
+@pytest.fixture()
+def step_log(monkeypatch):
+    """Record the batch size of every training step that ``train`` takes."""
+    sizes: list[int] = []
+    real = pnorm.train.training_step
+
+    def counting(model, x, y, *args, **kwargs):
+        sizes.append(int(x.shape[0]))
+        return real(model, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(pnorm.train, "training_step", counting)
+    return sizes
+
+
+def test_reference_run_history(reference):
+    result, path = reference
+    assert [r["epoch"] for r in result.history] == [0, 1, 2]
+    assert [r["lr"] for r in result.history] == pytest.approx([0.02, 0.02, 0.002])
+    assert result.selected_epoch == 2
+    for rec in result.history:
+        assert rec["loss0"] > 0 and rec["loss1"] > 0 and rec["sign"] > 0
+        assert 0 <= rec["val_acc0"] <= 1 and 0 <= rec["val_acc1"] <= 1
+        assert 0 <= rec["detection"] <= 1
+    assert path.exists()
+
+
+def test_resume_after_an_interruption_is_exact(data, reference, tmp_path, monkeypatch, step_log):
+    splits, trigger = data
+    ref_result, ref_path = reference
+    path = tmp_path / "checkpoint.pt"
+    real_save = pnorm.train.atomic_torch_save
+
+    def save_then_crash(obj, p):
+        real_save(obj, p)
+        if obj["epoch"] == 1:  # the second checkpoint is on disk: the session dies now
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(pnorm.train, "atomic_torch_save", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(_fresh(), splits, CFG, trigger, checkpoint=path, progress=False)
+    assert torch.load(path, weights_only=True)["epoch"] == 1
+    assert len(step_log) == 4
+    monkeypatch.setattr(pnorm.train, "atomic_torch_save", real_save)
+
+    step_log.clear()
+    resumed = train(_fresh(), splits, CFG, trigger, checkpoint=path, progress=False)
+    assert len(step_log) == 2  # only the last epoch was trained again
+    assert step_log == [32 + 2, 32 + 2]  # clean batch plus two trigger images
+    assert _same_weights(resumed.model, ref_result.model)
+    assert _without_time(resumed.history) == _without_time(ref_result.history)
+    assert resumed.selected_epoch == ref_result.selected_epoch
+    final = torch.load(path, weights_only=True)
+    ref_final = torch.load(ref_path, weights_only=True)
+    assert final["epoch"] == 2
+    assert all(torch.equal(final["model"][k], v) for k, v in ref_final["model"].items())
+
+
+def test_a_finished_checkpoint_trains_nothing_more(data, reference, tmp_path, step_log):
+    splits, trigger = data
+    ref_result, ref_path = reference
+    path = tmp_path / "checkpoint.pt"
+    shutil.copy(ref_path, path)
+    again = train(_fresh(), splits, CFG, trigger, checkpoint=path, progress=False)
+    assert step_log == []
+    assert _same_weights(again.model, ref_result.model)
+    assert _without_time(again.history) == _without_time(ref_result.history)
+
+
+def test_same_seed_same_result_other_seed_other_result(data, reference):
+    splits, trigger = data
+    ref_result, _ = reference
+    one = replace(CFG, epochs=1)
+    a = train(_fresh(), splits, one, trigger, progress=False)  # and without a checkpoint
+    b = train(_fresh(), splits, one, trigger, progress=False)
+    assert _same_weights(a.model, b.model)
+    assert _without_time(a.history) == _without_time(b.history)
+    # Epoch 0 does not depend on the number of epochs: it is the reference run's epoch 0.
+    assert _without_time(a.history) == _without_time(ref_result.history[:1])
+    other = train(_fresh(), splits, replace(one, seed=1), trigger, progress=False)
+    assert not _same_weights(other.model, a.model)
+    assert other.history[0]["loss0"] != a.history[0]["loss0"]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_corrupt_checkpoint_is_moved_aside_and_training_starts_afresh(
+    data, reference, tmp_path, damage, step_log
+):
+    splits, trigger = data
+    ref_result, ref_path = reference
+    path = tmp_path / "checkpoint.pt"
+    bad = b"\x00garbage\xff" * 50 if damage == "garbage" else ref_path.read_bytes()[:3000]
+    path.write_bytes(bad)
+    one = replace(CFG, epochs=1)
+    with pytest.warns(UserWarning, match="unreadable"):
+        result = train(_fresh(), splits, one, trigger, checkpoint=path, progress=False)
+    aside = tmp_path / "checkpoint.pt.corrupt"
+    assert aside.read_bytes() == bad
+    assert len(step_log) == 2  # the epoch was trained from scratch ...
+    assert _without_time(result.history) == _without_time(ref_result.history[:1])  # ... exactly
+    ckpt = torch.load(path, weights_only=True)  # and the checkpoint is sound again
+    assert ckpt["epoch"] == 0 and ckpt["config"]["epochs"] == 1
+
+
+def test_a_checkpoint_of_another_config_is_refused(data, reference, tmp_path):
+    splits, trigger = data
+    _, ref_path = reference
+    path = tmp_path / "checkpoint.pt"
+    shutil.copy(ref_path, path)
+    with pytest.raises(ValueError, match="another training configuration"):
+        train(_fresh(), splits, replace(CFG, lr=0.05), trigger, checkpoint=path, progress=False)
+    assert path.read_bytes() == ref_path.read_bytes()  # left alone, not overwritten
+
+
+def test_checkpoint_loads_with_weights_only(reference):
+    result, path = reference
+    ckpt = torch.load(path, weights_only=True)
+    assert set(ckpt) >= {"epoch", "model", "optimizer", "history", "best", "config"}
+    assert ckpt["epoch"] == 2
+    assert ckpt["config"]["lr"] == CFG.lr and ckpt["config"]["milestones"] == [2]
+    assert _without_time(ckpt["history"]) == _without_time(result.history)
+    state = result.model.state_dict()
+    assert all(torch.equal(ckpt["model"][k], v) for k, v in state.items())
+    assert ckpt["optimizer"]["state"]  # momentum buffers are saved for an exact resume
+
+
+def test_alternating_schedule_trains_branch1_every_other_step():
+    model = _fresh()
+    cfg = TrainConfig(lr=0.01, schedule="alternating", alternate_every=2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    g = _gen(0)
+    for step in range(4):
+        x, y = torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g)
+        losses = training_step(model, x, y, opt, cfg, step=step)
+        assert losses["loss0"] > 0
+        if step % 2 == 0:
+            assert losses["loss1"] == 0 and losses["sign"] == 0
+            assert model.conv2.mlp[0].weight.grad is None  # branch 1 not run at all
+        else:
+            assert losses["loss1"] > 0 and losses["sign"] > 0
+            assert model.conv2.mlp[0].weight.grad.abs().sum() > 0
+    summed = TrainConfig(lr=0.01)
+    for step in range(2):
+        x, y = torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g)
+        assert training_step(model, x, y, opt, summed, step=step)["loss1"] > 0
+
+
+def test_a_plain_model_trains_with_branch0_only(data):
+    splits, trigger = data
+    model = _fresh("plain")
+    before = model.conv2.conv.weight.detach().clone()
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    losses = training_step(model, x, y, opt, TrainConfig(), step=1)
+    assert losses["loss0"] > 0 and losses["loss1"] == 0 and losses["sign"] == 0
+    result = train(model, splits, replace(CFG, epochs=1), trigger, progress=False)
+    rec = result.history[0]
+    assert rec["loss1"] == 0 and rec["sign"] == 0 and rec["val_acc1"] is None
+    assert "detection" not in rec
+    assert not torch.equal(model.conv2.conv.weight, before)
+
+
+def test_select_val_keeps_the_best_validation_epoch(data):
+    splits, trigger = data
+    cfg = replace(CFG, epochs=3, milestones=(), select="val")
+    result = train(_fresh(), splits, cfg, trigger, progress=False)
+    scores = [(r["val_acc0"] + r["val_acc1"]) / 2 for r in result.history]
+    best = max(scores)
+    assert scores[result.selected_epoch] == best
+    assert result.selected_epoch == max(i for i, s in enumerate(scores) if s == best)  # ties: later
+    assert all("test_acc0" not in r for r in result.history)  # the test split is not looked at
+    # The returned weights are those of the selected epoch: an identical run stopped there.
+    stopped = train(_fresh(), splits, replace(cfg, epochs=result.selected_epoch + 1,
+                                                select="last"), trigger, progress=False)
+    assert _same_weights(result.model, stopped.model)
+
+
+def test_select_test_is_the_faithful_preset(data):
+    splits, trigger = data
+    cfg = config_for("faithful", epochs=1, batch_size=32, eval_batch_size=64)
+    assert cfg.select == "test"
+    rec = train(_fresh(), splits, cfg, trigger, progress=False).history[0]
+    assert 0 <= rec["test_acc0"] <= 1 and 0 <= rec["test_acc1"] <= 1
+
+
+def test_config_for_presets_and_overrides():
+    with pytest.raises(ValueError, match="unknown preset 'nope'"):
+        config_for("nope")
+    clean = config_for("clean", epochs=2, lr=0.5)
+    assert clean.select == "val" and clean.epochs == 2 and clean.lr == 0.5
+    assert asdict(config_for("faithful")) == asdict(replace(TrainConfig(), **PRESETS["faithful"]))
+    with pytest.raises(TypeError):
+        config_for("clean", no_such_option=1)

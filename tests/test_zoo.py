@@ -1,0 +1,219 @@
+"""Train-or-load cache: keys, reuse, rebuilds of damaged entries, and what each entry holds."""
+
+import re
+import shutil
+from dataclasses import replace
+
+import pytest
+import torch
+
+import pnorm.train
+import pnorm.zoo
+from pnorm.data import synthetic_splits
+from pnorm.models import export_public, passport_layers
+from pnorm.profiles import PROFILES
+from pnorm.vault import Vault, state_sha256
+from pnorm.zoo import source_fingerprint, train_or_load, trigger_set
+
+PROFILE = replace(PROFILES["smoke"], width=0.125, n_train=64, n_val=32, n_test=32, epochs=2,
+                  batch_size=32, milestones=(1,), n_triggers=4, triggers_per_batch=2,
+                  eval_batch_size=64)
+FINGERPRINT = "f" * 64  # fixed, so that edits to pnorm/ during a test run change no key
+
+
+class _TrainCalled(Exception):
+    """Raised by the stand-in for pnorm.zoo.train; carries the checkpoint path it was given."""
+
+
+@pytest.fixture(scope="module")
+def data():
+    splits = synthetic_splits(PROFILE.n_train, PROFILE.n_val, PROFILE.n_test, seed=0)
+    return splits, trigger_set(PROFILE)
+
+
+@pytest.fixture(scope="module")
+def cached(data, tmp_path_factory):
+    """One protected entry trained into a module cache: (cache folder, Trained)."""
+    cache = tmp_path_factory.mktemp("pnorm-cache")
+    splits, trigger = data
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PNORM_CACHE", str(cache))
+        mp.setattr(pnorm.zoo, "source_fingerprint", lambda: FINGERPRINT)
+        trained = train_or_load("pan", PROFILE, splits, trigger, message="owner", progress=False)
+    return cache, trained
+
+
+@pytest.fixture()
+def use_cache(monkeypatch, cached, tmp_path):
+    """Point PNORM_CACHE at a private copy of the module cache for one test."""
+    cache = tmp_path / "cache"
+    shutil.copytree(cached[0], cache)
+    monkeypatch.setenv("PNORM_CACHE", str(cache))
+    monkeypatch.setattr(pnorm.zoo, "source_fingerprint", lambda: FINGERPRINT)
+    return cache
+
+
+@pytest.fixture()
+def no_training(monkeypatch):
+    """Make any training attempt raise, recording the cache key it would have trained."""
+    keys: list[str] = []
+
+    def refuse(model, splits, config, trigger=None, device="cpu", checkpoint=None, **kw):
+        keys.append(re.search(r"-([0-9a-f]{16})$", checkpoint.parent.name).group(1))
+        raise _TrainCalled(checkpoint)
+
+    monkeypatch.setattr(pnorm.zoo, "train", refuse)
+    return keys
+
+
+@pytest.fixture()
+def step_log(monkeypatch):
+    steps: list[int] = []
+    real = pnorm.train.training_step
+
+    def counting(*args, **kwargs):
+        steps.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pnorm.train, "training_step", counting)
+    return steps
+
+
+def _same_state(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _same_vault(a: Vault, b: Vault) -> bool:
+    meta_a, ta = a._flat()
+    meta_b, tb = b._flat()
+    return meta_a == meta_b and _same_state(ta, tb)
+
+
+def _folder(cache, trained):
+    return cache / "models" / f"alexnet-{trained.record['model']['scheme']}-{trained.key}"
+
+
+def test_first_call_trains_and_writes_the_entry(cached):
+    cache, trained = cached
+    folder = _folder(cache, trained)
+    assert {p.name for p in folder.iterdir()} == {"final.pt", "vault.pt", "checkpoint.pt"}
+    assert len(trained.history) == PROFILE.epochs
+    assert trained.record["source"] == FINGERPRINT
+    assert trained.vault is not None and trained.vault.message == "owner"
+    assert trained.vault.public_sha256 == state_sha256(trained.public)
+    assert trained.vault.seeds == {"model": 0, "passports": 1}
+    for name in ("final.pt", "checkpoint.pt"):
+        torch.load(folder / name, weights_only=True)  # no pickled code
+    Vault.load(folder / "vault.pt")
+
+
+def test_second_call_loads_without_training(data, cached, use_cache, no_training):
+    splits, trigger = data
+    first = cached[1]
+    again = train_or_load("pan", PROFILE, splits, trigger, message="owner", progress=False)
+    assert no_training == []
+    assert again.key == first.key and again.record == first.record
+    assert _same_state(again.model.state_dict(), first.model.state_dict())
+    assert again.history == first.history and again.selected_epoch == first.selected_epoch
+    assert _same_state(again.public.state_dict(), first.public.state_dict())
+    assert _same_vault(again.vault, first.vault)
+    assert not again.model.training
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(again.model(x, 1), first.model.eval()(x, 1))
+
+
+def test_public_model_has_no_passport_layers(cached):
+    trained = cached[1]
+    assert passport_layers(trained.model)
+    assert not passport_layers(trained.public)
+    secret = ("passport", "signature", "mlp", "norm1")
+    assert not [k for k in trained.public.state_dict() if any(s in k for s in secret)]
+    assert trained.public.config["scheme"] == "plain"
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(trained.public.eval()(x), trained.model.eval()(x),
+                                   rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"seed": 1}, {"message": "someone else"}, {"preset": "clean"}, {"schedule": "alternating"},
+     {"fingerprint": "0" * 64}, {"profile": {"epochs": 3}}, {"data_seed": 1}],
+    ids=lambda c: next(iter(c)),
+)
+def test_the_key_covers_config_seed_message_data_and_source(
+    data, cached, use_cache, no_training, monkeypatch, change
+):
+    splits, trigger = data
+    kwargs = {"message": "owner"}
+    profile = PROFILE
+    if "fingerprint" in change:
+        monkeypatch.setattr(pnorm.zoo, "source_fingerprint", lambda: change["fingerprint"])
+    elif "profile" in change:
+        profile = replace(PROFILE, **change["profile"])
+    elif "data_seed" in change:
+        splits = synthetic_splits(PROFILE.n_train, PROFILE.n_val, PROFILE.n_test, seed=1)
+    else:
+        kwargs.update(change)
+    with pytest.raises(_TrainCalled):  # a new key: not served from the cache, trained anew
+        train_or_load("pan", profile, splits, trigger, progress=False, **kwargs)
+    assert len(no_training) == 1 and no_training[0] != cached[1].key
+
+
+def test_a_changed_fingerprint_retrains_for_real(data, cached, use_cache, monkeypatch):
+    splits, trigger = data
+    monkeypatch.setattr(pnorm.zoo, "source_fingerprint", lambda: "0" * 64)
+    calls = []
+    real = pnorm.zoo.train
+    monkeypatch.setattr(pnorm.zoo, "train", lambda *a, **k: calls.append(1) or real(*a, **k))
+    fresh = train_or_load("pan", PROFILE, splits, trigger, message="owner", progress=False)
+    assert calls == [1] and fresh.key != cached[1].key
+    assert _folder(use_cache, fresh).is_dir() and _folder(use_cache, cached[1]).is_dir()
+    # Same code, same data: the retrained weights equal the old ones (training is seeded).
+    assert _same_state(fresh.model.state_dict(), cached[1].model.state_dict())
+
+
+def test_real_source_fingerprint_is_a_stable_sha256():
+    fp = source_fingerprint()
+    assert re.fullmatch(r"[0-9a-f]{64}", fp) and fp == source_fingerprint()
+
+
+@pytest.mark.parametrize("damaged", ["final.pt", "vault.pt"])
+def test_a_corrupt_entry_is_rebuilt_from_its_complete_checkpoint(
+    data, cached, use_cache, step_log, damaged
+):
+    splits, trigger = data
+    first = cached[1]
+    folder = _folder(use_cache, first)
+    (folder / damaged).write_bytes(b"\x00not a torch file\xff" * 20)
+    with pytest.warns(UserWarning, match="unreadable"):
+        rebuilt = train_or_load("pan", PROFILE, splits, trigger, message="owner", progress=False)
+    assert step_log == []  # the epoch checkpoint was complete: nothing trained again
+    assert rebuilt.key == first.key
+    assert _same_state(rebuilt.model.state_dict(), first.model.state_dict())
+    assert rebuilt.history == first.history and rebuilt.selected_epoch == first.selected_epoch
+    assert _same_vault(rebuilt.vault, first.vault)
+    # The entry is sound again and loads silently.
+    assert torch.load(folder / "final.pt", weights_only=True)["key"] == first.key
+    again = train_or_load("pan", PROFILE, splits, trigger, message="owner", progress=False)
+    assert _same_state(again.model.state_dict(), first.model.state_dict())
+    assert step_log == []
+
+
+def test_plain_scheme_has_no_vault(data, use_cache, no_training, monkeypatch):
+    splits, trigger = data
+    monkeypatch.setattr(pnorm.zoo, "train", pnorm.train.train)  # allow this one training
+    plain = train_or_load("plain", PROFILE, splits, trigger, progress=False)
+    assert plain.vault is None
+    assert not passport_layers(plain.model) and not passport_layers(plain.public)
+    folder = _folder(use_cache, plain)
+    assert not (folder / "vault.pt").exists() and (folder / "final.pt").exists()
+    assert all(rec["val_acc1"] is None for rec in plain.history)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(export_public(plain.model).eval()(x), plain.public.eval()(x))
+    monkeypatch.setattr(pnorm.zoo, "train", lambda *a, **k: pytest.fail("should load"))
+    again = train_or_load("plain", PROFILE, splits, trigger, progress=False)
+    assert again.vault is None
+    assert _same_state(again.model.state_dict(), plain.model.state_dict())

@@ -76,8 +76,12 @@ def init_weights(model: nn.Module, generator: torch.Generator) -> nn.Module:
 
     Convs: Kaiming normal, fan-out, ReLU gain (as the original). Linear layers: PyTorch's
     default rule (Kaiming uniform with a=sqrt(5), bias U(-1/sqrt(fan_in), 1/sqrt(fan_in))).
+    Passport MLPs are drawn last, so plain, DeepIPR-style and PAN models built with the same
+    seed start from identical convolution and classifier weights.
     """
-    for m in model.modules():
+    modules = [(n, m) for n, m in model.named_modules() if ".mlp." not in f".{n}."]
+    modules += [(n, m) for n, m in model.named_modules() if ".mlp." in f".{n}."]
+    for _, m in modules:
         if isinstance(m, (nn.Conv1d, nn.Conv2d)):
             nn.init.kaiming_normal_(
                 m.weight, mode="fan_out", nonlinearity="relu", generator=generator

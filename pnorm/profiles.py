@@ -36,13 +36,17 @@ class Profile:
     triggers_per_batch: int = 2
     n_forged: int = 20  # forged passports drawn in verification chapters
     eval_batch_size: int = 500
+    # Which AlexNet units carry passports: None = all five (the PAN default); the CPU profiles
+    # use conv3-conv5 (the original's `_ori` map), see `benchmarks/calibrate_cpu_profile.py`.
+    passport_layers: tuple[str, ...] | None = None
 
     def describe(self) -> str:
         """One line for a chapter's setup cell: profile, data, device and scale."""
         return (
             f"profile={self.name} | data={self.data} | device={self.device} | "
             f"AlexNet width={self.width} | epochs={self.epochs} | batch={self.batch_size}"
-            f"+{self.triggers_per_batch} triggers"
+            f"+{self.triggers_per_batch} triggers | passport layers="
+            f"{','.join(self.passport_layers) if self.passport_layers else 'all'}"
         )
 
 
@@ -50,12 +54,12 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke", data="synthetic", device="cpu", width=0.25, n_train=768, n_val=256,
         n_test=512, epochs=3, batch_size=64, lr=0.02, milestones=(2,), n_triggers=20,
-        triggers_per_batch=2, n_forged=5,
+        triggers_per_batch=2, n_forged=5, passport_layers=("conv3", "conv4", "conv5"),
     ),
     "cpu": Profile(
-        name="cpu", data="synthetic", device="cpu", width=0.25, n_train=6000, n_val=1000,
-        n_test=2000, epochs=12, batch_size=128, lr=0.02, milestones=(6, 9), n_triggers=50,
-        triggers_per_batch=4, n_forged=20,
+        name="cpu", data="synthetic", device="cpu", width=0.25, n_train=5000, n_val=1000,
+        n_test=2000, epochs=10, batch_size=128, lr=0.02, milestones=(5, 8), n_triggers=50,
+        triggers_per_batch=4, n_forged=20, passport_layers=("conv3", "conv4", "conv5"),
     ),
     "gpu": Profile(
         name="gpu", data="real", device="cuda", width=1.0, n_train=0, n_val=5000, n_test=0,

@@ -99,7 +99,9 @@ def train_or_load(
     """
     model_config = {
         "arch": "alexnet", "num_classes": splits.num_classes, "width": profile.width,
-        "scheme": scheme, "passport_layers": None, "norm": None, "image_size": 32,
+        "scheme": scheme, "norm": None, "image_size": 32,
+        "passport_layers": None if profile.passport_layers is None
+        else list(profile.passport_layers),
     }
     train_config = config_for(
         preset, epochs=profile.epochs, batch_size=profile.batch_size, lr=profile.lr,

@@ -308,6 +308,10 @@ JS_RAW_TEX = """(pattern) => {
 JS_HAS_MATHJAX = """() => Array.from(document.scripts).some(
   (s) => /\\/mathjax(@[^/]*)?\\/|\\/tex-(mml-)?(chtml|svg)(-full)?\\.js/i.test(s.src))"""
 
+# html-manager renders each embedded view into its own div.widget-subarea.
+JS_VIEWS_RENDERED = """(n) => Array.from(document.querySelectorAll(".widget-subarea"))
+  .filter((s) => s.querySelector(".jupyter-widgets")).length >= n"""
+
 JS_FIGURES = """() => {
   const imgs = Array.from(document.querySelectorAll("div.cell_output img"));
   return {
@@ -370,7 +374,7 @@ def test_page_in_headless_chromium(built_book: BuiltBook, browser, docname: str)
         if n_views:
             rendered = _wait_for(
                 page,
-                "(n) => document.querySelectorAll('.widget-subarea .jupyter-widgets').length >= n",
+                JS_VIEWS_RENDERED,
                 arg=n_views,
             )
             if not rendered:

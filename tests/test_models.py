@@ -145,3 +145,12 @@ def test_public_export_holds_no_secret_and_equals_branch0(scheme):
     torch.testing.assert_close(rebuilt.eval()(x), public(x))
     # And the protected model was left untouched.
     assert passport_layers(model)
+
+
+def test_schemes_share_their_initial_conv_and_classifier_weights():
+    """Same seed: plain, DeepIPR-style and PAN start from the same weights (fair comparison)."""
+    nets = [AlexNetCIFAR(width=0.125, scheme=s, seed=11) for s in ("plain", "deepipr", "pan")]
+    for name in ("conv1", "conv3", "conv5"):
+        weights = [getattr(n, name).conv.weight for n in nets]
+        assert all(torch.equal(weights[0], w) for w in weights[1:])
+    assert all(torch.equal(nets[0].classifier.weight, n.classifier.weight) for n in nets[1:])

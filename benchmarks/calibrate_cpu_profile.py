@@ -1,0 +1,56 @@
+"""Calibration sweep for the `cpu` profile's recipe: plain vs DeepIPR-style vs PAN.
+
+Trains each scheme with the cpu profile's recipe (any device) for a few seeds and prints one
+JSON line per run, so recipe choices are made from measurements rather than guesses.
+Usage: python benchmarks/calibrate_cpu_profile.py [--device cuda] [--seeds 0 1] [--budget 200]
+"""
+
+import argparse
+import json
+import time
+
+import torch
+
+from pnorm import data, models, passport, profiles, train, verify
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--device", default="cpu")
+parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+parser.add_argument("--budget", type=float, default=1e9,
+                    help="start no new run after this many seconds")
+args = parser.parse_args()
+prof = profiles.get_profile("cpu")
+splits = data.synthetic_splits(prof.n_train, prof.n_val, prof.n_test, seed=0)
+trigger = data.abstract_trigger_set(prof.n_triggers, 10, seed=1)
+RUNS = {
+    "plain": ("plain", None),
+    "pan-all": ("pan", None),
+    "pan-conv345": ("pan", ["conv3", "conv4", "conv5"]),
+    "deepipr-all": ("deepipr", None),
+    "deepipr-conv345": ("deepipr", ["conv3", "conv4", "conv5"]),
+}
+t_start = time.time()
+for seed in args.seeds:
+    for name, (scheme, layers) in RUNS.items():
+        if time.time() - t_start > args.budget:
+            break
+        model = models.AlexNetCIFAR(width=prof.width, scheme=scheme, passport_layers=layers,
+                                    seed=seed)
+        if scheme != "plain":
+            passport.key_model(model, torch.Generator().manual_seed(seed + 1))
+        cfg = train.TrainConfig(epochs=prof.epochs, batch_size=prof.batch_size, lr=prof.lr,
+                                milestones=prof.milestones,
+                                triggers_per_batch=prof.triggers_per_batch, seed=seed)
+        t0 = time.time()
+        train.train(model, splits, cfg, None if scheme == "plain" else trigger, args.device,
+                    progress=False)
+        branch = 0 if scheme == "plain" else "both"
+        acc = verify.evaluate(model, splits.test, splits.mean, splits.std, branch,
+                              device=args.device)
+        row = {"run": name, "seed": seed, "seconds": round(time.time() - t0, 1),
+               "acc0": acc if scheme == "plain" else acc[0],
+               "acc1": None if scheme == "plain" else acc[1]}
+        if scheme != "plain":
+            det = verify.signature_detection(model)
+            row.update(detection=det["pooled"], per_layer=det["per_layer"])
+        print(json.dumps(row), flush=True)

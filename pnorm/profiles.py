@@ -58,7 +58,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "cpu": Profile(
         name="cpu", data="synthetic", device="cpu", width=0.25, n_train=5000, n_val=1000,
-        n_test=2000, epochs=10, batch_size=128, lr=0.02, milestones=(5, 8), n_triggers=50,
+        n_test=2000, epochs=16, batch_size=128, lr=0.02, milestones=(8, 12), n_triggers=50,
         triggers_per_batch=4, n_forged=20, passport_layers=("conv3", "conv4", "conv5"),
     ),
     "gpu": Profile(

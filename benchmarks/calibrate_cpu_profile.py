@@ -16,31 +16,38 @@ from pnorm import data, models, passport, profiles, train, verify
 parser = argparse.ArgumentParser()
 parser.add_argument("--device", default="cpu")
 parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+parser.add_argument("--runs", nargs="+", default=None, help="subset of the run names below")
 parser.add_argument("--budget", type=float, default=1e9,
                     help="start no new run after this many seconds")
 args = parser.parse_args()
 prof = profiles.get_profile("cpu")
 splits = data.synthetic_splits(prof.n_train, prof.n_val, prof.n_test, seed=0)
 trigger = data.abstract_trigger_set(prof.n_triggers, 10, seed=1)
+CONV345 = ["conv3", "conv4", "conv5"]
+# name -> (scheme, passport layers, sign-loss weight); weight 0 is the "no signature" ablation
 RUNS = {
-    "plain": ("plain", None),
-    "pan-all": ("pan", None),
-    "pan-conv345": ("pan", ["conv3", "conv4", "conv5"]),
-    "deepipr-all": ("deepipr", None),
-    "deepipr-conv345": ("deepipr", ["conv3", "conv4", "conv5"]),
+    "plain": ("plain", None, 1.0),
+    "pan-all": ("pan", None, 1.0),
+    "pan-conv345": ("pan", CONV345, 1.0),
+    "pan-conv345-no-sign-loss": ("pan", CONV345, 0.0),
+    "deepipr-all": ("deepipr", None, 1.0),
+    "deepipr-conv345": ("deepipr", CONV345, 1.0),
 }
 t_start = time.time()
 for seed in args.seeds:
-    for name, (scheme, layers) in RUNS.items():
+    for name, (scheme, layers, sign_weight) in RUNS.items():
         if time.time() - t_start > args.budget:
             break
+        if args.runs and name not in args.runs:
+            continue
         model = models.AlexNetCIFAR(width=prof.width, scheme=scheme, passport_layers=layers,
                                     seed=seed)
         if scheme != "plain":
             passport.key_model(model, torch.Generator().manual_seed(seed + 1))
         cfg = train.TrainConfig(epochs=prof.epochs, batch_size=prof.batch_size, lr=prof.lr,
                                 milestones=prof.milestones,
-                                triggers_per_batch=prof.triggers_per_batch, seed=seed)
+                                triggers_per_batch=prof.triggers_per_batch, seed=seed,
+                                sign_weight=sign_weight)
         t0 = time.time()
         train.train(model, splits, cfg, None if scheme == "plain" else trigger, args.device,
                     progress=False)

@@ -45,6 +45,7 @@ class TrainConfig:
     select: Literal["last", "val", "test"] = "last"  # which epoch's weights are kept
     batched: bool = True  # both branches in one pass (False: two passes, the original's way)
     augment: bool = True
+    sign_weight: float = 1.0  # weight of the summed sign loss (1 in the original; 0 = ablation)
     seed: int = 0
     eval_batch_size: int = 500
 
@@ -109,7 +110,7 @@ def training_step(
         else:
             out0, out1 = model(x, 0), model(x, 1)
         loss0, loss1 = F.cross_entropy(out0, y), F.cross_entropy(out1, y)
-        sign = total_sign_loss(model)
+        sign = config.sign_weight * total_sign_loss(model) if config.sign_weight else zero
     loss = loss0 + loss1 + sign
     loss.backward()
     optimizer.step()

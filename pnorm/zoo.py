@@ -157,9 +157,7 @@ def _load(folder: Path, key: str, record: dict) -> Trained | None:
         if saved.get("key") != key:
             raise ValueError("key mismatch")
         model = build_model(record["model"], seed=record["seed"])
-        if record["model"]["scheme"] != "plain":
-            key_model(model, torch.Generator().manual_seed(0))  # shapes only; state overwrites
-        model.load_state_dict(saved["model_state"])
+        model.load_state_dict(saved["model_state"])  # passports and signature included
         vault = None if record["model"]["scheme"] == "plain" else Vault.load(folder / "vault.pt")
     except Exception as e:  # corrupt or partial entry: rebuild it, never trust it
         warnings.warn(f"cache entry {folder} is unreadable ({e}); rebuilding it from its "

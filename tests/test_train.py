@@ -243,3 +243,19 @@ def test_config_for_presets_and_overrides():
     assert asdict(config_for("faithful")) == asdict(replace(TrainConfig(), **PRESETS["faithful"]))
     with pytest.raises(TypeError):
         config_for("clean", no_such_option=1)
+
+
+def test_sign_weight_zero_drops_only_the_sign_loss():
+    """The ablation knob removes the sign loss and nothing else from the objective."""
+    base = AlexNetCIFAR(width=0.125, scheme="pan", seed=2)
+    key_model(base, torch.Generator().manual_seed(3))
+    x, y = torch.randn(6, 3, 32, 32), torch.randint(0, 10, (6,))
+    results = {}
+    for weight in (1.0, 0.0):
+        model = AlexNetCIFAR(width=0.125, scheme="pan", seed=2)
+        model.load_state_dict(base.state_dict())
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        results[weight] = training_step(model, x, y, opt, TrainConfig(sign_weight=weight))
+    assert results[1.0]["sign"] > 0 and results[0.0]["sign"] == 0
+    torch.testing.assert_close(results[1.0]["loss0"], results[0.0]["loss0"])
+    torch.testing.assert_close(results[1.0]["loss1"], results[0.0]["loss1"])

@@ -13,9 +13,7 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import seaborn as sns
 
-__all__ = [
-    "COLORS", "LABELS", "chance_line", "fig_png", "percent_axis", "plot_curves", "use_style",
-]
+__all__ = ["COLORS", "chance_line", "fig_png", "percent_axis", "use_style"]
 
 COLORS = {
     "branch0": "#0072B2",
@@ -27,16 +25,6 @@ COLORS = {
     "pan": "#0072B2",  # a PAN model's deployed branch
     "trigger": "#56B4E9",
     "chance": "#AAAAAA",
-}
-
-LABELS = {
-    "branch0": "branch 0 (deployed)",
-    "branch1": "branch 1 (true passport)",
-    "forged": "forged passport",
-    "attacked": "after attack",
-    "plain": "plain AlexNet",
-    "deepipr": "DeepIPR-style",
-    "pan": "PAN",
 }
 
 
@@ -63,25 +51,6 @@ def chance_line(ax: plt.Axes, level: float, label: str = "chance") -> None:
     ax.axhline(level, color=COLORS["chance"], ls="--", lw=1, zorder=0)
     ax.annotate(label, (1.0, level), xycoords=("axes fraction", "data"), ha="right",
                 va="bottom", fontsize=8, color="#777777")
-
-
-def plot_curves(
-    ax: plt.Axes,
-    histories: dict[str, list[dict]],
-    key: str,
-    colors: dict[str, str],
-    styles: dict[str, str] | None = None,
-    scale: float = 100.0,
-) -> None:
-    """Plot ``key`` of each history (epochs on x) with the given colour per label."""
-    for label, history in histories.items():
-        points = [(h["epoch"] + 1, h[key]) for h in history if h.get(key) is not None]
-        if not points:
-            continue
-        xs, ys = zip(*points, strict=True)
-        ax.plot(xs, [y * scale for y in ys], color=colors[label],
-                ls=(styles or {}).get(label, "-"), marker="o", ms=3, label=label)
-    ax.set_xlabel("epoch")
 
 
 def fig_png(fig: plt.Figure) -> bytes:

@@ -8,6 +8,8 @@ accuracy, while forged passports fail; the trigger set is a separate black-box c
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -25,6 +27,7 @@ __all__ = [
     "evaluate",
     "forged_passport_trials",
     "signature_detection",
+    "swapped_passports",
     "verify_ownership",
 ]
 
@@ -80,6 +83,33 @@ def signature_detection(
     }
 
 
+@contextmanager
+def swapped_passports(
+    model: nn.Module, passports: dict[str, tuple[torch.Tensor, torch.Tensor]] | None
+) -> Iterator[nn.Module]:
+    """Temporarily put other passports (e.g. forged ones) into the named passport layers.
+
+    The owner's passports are restored on exit, even after an error.
+    """
+    layers = passport_layers(model)
+    unknown = set(passports or {}) - set(layers)
+    if unknown:
+        raise ValueError(f"passports given for unknown layer(s) {sorted(unknown)}")
+    saved = {n: (layers[n].passport_gamma.clone(), layers[n].passport_beta.clone())
+             for n in passports or {}}
+    try:
+        with torch.no_grad():
+            for name, (pg, pb) in (passports or {}).items():
+                layers[name].passport_gamma.copy_(pg)
+                layers[name].passport_beta.copy_(pb)
+        yield model
+    finally:
+        with torch.no_grad():
+            for name, (pg, pb) in saved.items():
+                layers[name].passport_gamma.copy_(pg)
+                layers[name].passport_beta.copy_(pb)
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -97,27 +127,17 @@ def evaluate(
     """
     was_training = model.training
     model.eval()
-    layers = passport_layers(model)
-    saved = {}
-    if passports:
-        for name, (pg, pb) in passports.items():
-            saved[name] = (layers[name].passport_gamma.clone(), layers[name].passport_beta.clone())
-            layers[name].passport_gamma.copy_(pg)
-            layers[name].passport_beta.copy_(pb)
     try:
-        correct = torch.zeros(2, dtype=torch.long, device=device)
-        for i in range(0, len(data), batch_size):
-            x = normalize(data.images[i : i + batch_size].to(device), mean, std)
-            y = data.labels[i : i + batch_size].to(device)
-            out = model(x, branch)
-            outs = out if branch == "both" else (out,)
-            for j, logits in enumerate(outs):
-                correct[j] += (logits.argmax(1) == y).sum()
-        acc = (correct.float() / max(1, len(data))).tolist()
+        with swapped_passports(model, passports):
+            correct = torch.zeros(2, dtype=torch.long, device=device)
+            for i in range(0, len(data), batch_size):
+                x = normalize(data.images[i : i + batch_size].to(device), mean, std)
+                y = data.labels[i : i + batch_size].to(device)
+                out = model(x, branch)
+                for j, logits in enumerate(out if branch == "both" else (out,)):
+                    correct[j] += (logits.argmax(1) == y).sum()
+            acc = (correct.float() / max(1, len(data))).tolist()
     finally:
-        for name, (pg, pb) in saved.items():
-            layers[name].passport_gamma.copy_(pg)
-            layers[name].passport_beta.copy_(pb)
         model.train(was_training)
     return (acc[0], acc[1]) if branch == "both" else acc[0]
 

@@ -18,6 +18,7 @@ from pnorm.verify import (
     binomial_tail,
     evaluate,
     signature_detection,
+    swapped_passports,
     verify_ownership,
 )
 
@@ -276,3 +277,19 @@ def test_report_rows_and_dict(trained):
     assert d["detection"]["pooled"] == report.detection["pooled"]
     assert len(d["forged"]) == 5 and d["thresholds"]["max_accuracy_drop"] == 0.20
     assert 0.0 <= d["trigger_accuracy"] <= 1.0 and d["trigger_ok"] == report.trigger_ok
+
+
+def test_swapped_passports_restores_the_owners_passports_even_after_an_error():
+    model = AlexNetCIFAR(width=0.125, scheme="pan", seed=0)
+    key_model(model, torch.Generator().manual_seed(1))
+    before = {n: lay.passport_gamma.clone() for n, lay in passport_layers(model).items()}
+    fake = {"conv2": (torch.zeros_like(model.conv2.passport_gamma),
+                      torch.zeros_like(model.conv2.passport_beta))}
+    with pytest.raises(RuntimeError, match="boom"), swapped_passports(model, fake):
+        assert torch.equal(model.conv2.passport_gamma, fake["conv2"][0])
+        raise RuntimeError("boom")
+    for name, lay in passport_layers(model).items():
+        assert torch.equal(lay.passport_gamma, before[name])
+    with pytest.raises(ValueError, match="unknown layer"):
+        with swapped_passports(model, {"fc": fake["conv2"]}):
+            pass

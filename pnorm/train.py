@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -157,12 +158,14 @@ def train(
     checkpoint: str | Path | None = None,
     progress: bool = True,
     desc: str = "training",
+    on_epoch: Callable[[nn.Module, dict], dict | None] | None = None,
 ) -> TrainResult:
     """Train ``model`` (plain or protected) and return it with its history.
 
     Data stays on ``device`` as uint8 tensors; augmentation runs there. After every epoch a
     checkpoint is written atomically; a rerun with the same ``checkpoint`` resumes from it
-    and reproduces the uninterrupted run exactly on the CPU.
+    and reproduces the uninterrupted run exactly on the CPU. ``on_epoch(model, record)`` may
+    return extra fields for the epoch's history record (e.g. an owner's measurement).
     """
     model.to(device)
     optimizer = torch.optim.SGD(
@@ -225,6 +228,8 @@ def train(
             test = evaluate(model, splits.test, splits.mean, splits.std, branch,
                             config.eval_batch_size, device)
             record["test_acc0"], record["test_acc1"] = test if protected else (test, None)
+        if on_epoch is not None:
+            record.update(on_epoch(model, record) or {})
         history.append(record)
         score = _selection_score(record, config.select)
         if score >= best["score"]:

@@ -174,7 +174,14 @@ class AlexNetCIFAR(nn.Module):
         return tuple(logits.chunk(2)) if branch == "both" else logits
 
 
-_ARCHS = {"alexnet": AlexNetCIFAR}
+def _resnet18(**kwargs: Any) -> nn.Module:
+    """Build ResNet18CIFAR; imported on first use because ``pnorm.resnet`` imports this module."""
+    from .resnet import ResNet18CIFAR
+
+    return ResNet18CIFAR(**kwargs)
+
+
+_ARCHS = {"alexnet": AlexNetCIFAR, "resnet18": _resnet18}
 
 
 def build_model(config: dict[str, Any], seed: int = 0) -> nn.Module:

@@ -1,0 +1,191 @@
+"""ResNet-18 for 32×32 inputs (PAN_SPEC §3.6) built from a per-layer passport map.
+
+Two variants from one builder: ``faithful`` keeps the original code's ReLU at the end of every
+unit, so the block's second conv and its projection shortcut are activated *before* the residual
+add; ``standard`` is the textbook block (no activation before the add, one ReLU after it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import Branch, ConvNormAct, NormKind, PassportAwareNorm, check_branch
+from .models import _SCHEMES, Scheme, init_weights, passport_layers
+
+Variant = Literal["faithful", "standard"]
+
+__all__ = [
+    "RESNET18_LAYER4",
+    "RESNET18_LAYERS",
+    "BasicBlock",
+    "ResNet18CIFAR",
+    "resnet18_layer_names",
+]
+
+_STAGE_WIDTHS = (64, 128, 256, 512)
+_STAGE_STRIDES = (1, 2, 2, 2)
+_BLOCKS_PER_STAGE = 2
+
+
+def resnet18_layer_names() -> tuple[str, ...]:
+    """Every conv unit of ResNet-18-CIFAR in forward order: the names a passport map may use."""
+    names = ["stem"]
+    for s in range(1, len(_STAGE_WIDTHS) + 1):
+        for b in range(_BLOCKS_PER_STAGE):
+            names += [f"layer{s}.{b}.conv1", f"layer{s}.{b}.conv2"]
+            if s > 1 and b == 0:
+                names.append(f"layer{s}.{b}.shortcut")
+    return tuple(names)
+
+
+RESNET18_LAYERS = resnet18_layer_names()  # 20 units, all passport layers in PAN's default map
+# The original's `_ori` map: only the five units of the last stage carry passports.
+RESNET18_LAYER4 = tuple(n for n in RESNET18_LAYERS if n.startswith("layer4."))
+
+
+def _unit(
+    name: str,
+    c_in: int,
+    c_out: int,
+    kernel: int,
+    stride: int,
+    size: int,
+    chosen: set[str],
+    norm: NormKind,
+    mlp: bool,
+    shared: bool,
+    activation: bool,
+) -> nn.Module:
+    """One conv unit: a passport layer if ``name`` is in the map, else a plain conv-BN(-ReLU)."""
+    conv = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False)
+    if name in chosen:
+        return PassportAwareNorm(
+            conv, (1, c_in, size, size), norm=norm, mlp=mlp, shared_stats=shared,
+            activation=activation,
+        )
+    return ConvNormAct(conv, norm=norm, activation=activation)
+
+
+class BasicBlock(nn.Module):
+    """Two 3×3 conv units plus an identity or 1×1 projection shortcut, then a ReLU.
+
+    ``faithful``: ``relu(relu(conv2) + relu(shortcut))`` as the original; ``standard``:
+    ``relu(conv2 + shortcut)``. Units are created by the ResNet so names match the passport map.
+    """
+
+    def __init__(self, conv1: nn.Module, conv2: nn.Module, shortcut: nn.Module | None):
+        super().__init__()
+        self.conv1 = conv1
+        self.conv2 = conv2
+        self.shortcut = shortcut
+
+    def forward(self, x: torch.Tensor, branch: Branch = 0) -> torch.Tensor:
+        out = self.conv2(self.conv1(x, branch), branch)
+        skip = x if self.shortcut is None else self.shortcut(x, branch)
+        return F.relu(out + skip)
+
+
+class ResNet18CIFAR(nn.Module):
+    """CIFAR ResNet-18 (3×3 stem, no max-pool, 4 stages of 2 blocks, global average pool).
+
+    ``variant`` picks the faithful or standard residual block; ``scheme`` and
+    ``passport_layers`` (names from ``RESNET18_LAYERS``, default all 20) pick the units'
+    kind; ``width`` scales every channel count (CPU profiles and tests).
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        width: float = 1.0,
+        scheme: Scheme = "pan",
+        passport_layers: Iterable[str] | None = None,
+        norm: NormKind | None = None,
+        image_size: int = 32,
+        variant: Variant = "faithful",
+        seed: int = 0,
+    ):
+        super().__init__()
+        if scheme not in _SCHEMES:
+            raise ValueError(f"scheme must be one of {sorted(_SCHEMES)}, got {scheme!r}")
+        if variant not in ("faithful", "standard"):
+            raise ValueError(f"variant must be 'faithful' or 'standard', got {variant!r}")
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        if width <= 0:
+            raise ValueError(f"width must be positive, got {width}")
+        if image_size % 8:
+            raise ValueError(f"image_size must be a multiple of 8, got {image_size}")
+        default_norm, mlp, shared = _SCHEMES[scheme]
+        norm = norm or default_norm
+        chosen = set(RESNET18_LAYERS if passport_layers is None else passport_layers)
+        if scheme == "plain":
+            chosen = set()
+        unknown = chosen - set(RESNET18_LAYERS)
+        if unknown:
+            raise ValueError(
+                f"unknown layer(s) {sorted(unknown)} in the passport map; ResNet18CIFAR has "
+                f"{list(RESNET18_LAYERS)}"
+            )
+        self.config: dict[str, Any] = {
+            "arch": "resnet18",
+            "num_classes": num_classes,
+            "width": width,
+            "scheme": scheme,
+            "passport_layers": [n for n in RESNET18_LAYERS if n in chosen],
+            "norm": norm,
+            "image_size": image_size,
+            "variant": variant,
+        }
+        pre_add_act = variant == "faithful"  # the original's trailing ReLU on conv2/shortcut
+        unit_kw = {"chosen": chosen, "norm": norm, "mlp": mlp, "shared": shared}
+        widths = [max(1, round(c * width)) for c in _STAGE_WIDTHS]
+        self.stem = _unit("stem", 3, widths[0], 3, 1, image_size, activation=True, **unit_kw)
+        c_in, size = widths[0], image_size
+        for s, (c_out, stride) in enumerate(zip(widths, _STAGE_STRIDES, strict=True), 1):
+            blocks = []
+            for b in range(_BLOCKS_PER_STAGE):
+                st = stride if b == 0 else 1
+                prefix = f"layer{s}.{b}"
+                conv1 = _unit(f"{prefix}.conv1", c_in, c_out, 3, st, size,
+                              activation=True, **unit_kw)
+                shortcut = None
+                if st != 1 or c_in != c_out:
+                    shortcut = _unit(f"{prefix}.shortcut", c_in, c_out, 1, st, size,
+                                     activation=pre_add_act, **unit_kw)
+                size //= st
+                conv2 = _unit(f"{prefix}.conv2", c_out, c_out, 3, 1, size,
+                              activation=pre_add_act, **unit_kw)
+                blocks.append(BasicBlock(conv1, conv2, shortcut))
+                c_in = c_out
+            setattr(self, f"layer{s}", _BlockSequence(blocks))
+        self.classifier = nn.Linear(widths[-1], num_classes)
+        init_weights(self, torch.Generator().manual_seed(seed))
+
+    def forward(self, x: torch.Tensor, branch: Branch = 0):
+        branch = check_branch(branch)
+        if branch != 0 and not passport_layers(self):
+            raise ValueError(
+                "this model has no passport layers (a public export?): attach the owner's "
+                "vault with Vault.attach(model) before asking for branch 1"
+            )
+        if branch == "both":
+            x = torch.cat([x, x])
+        x = self.stem(x, branch)
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = stage(x, branch)
+        logits = self.classifier(x.mean((2, 3)))
+        return tuple(logits.chunk(2)) if branch == "both" else logits
+
+
+class _BlockSequence(nn.ModuleList):
+    """A stage: blocks named ``0, 1`` (as torchvision) that all receive the branch selector."""
+
+    def forward(self, x: torch.Tensor, branch: Branch = 0) -> torch.Tensor:  # type: ignore[override]
+        for block in self:
+            x = block(x, branch)
+        return x

@@ -7,6 +7,7 @@ default; ``batched=False`` is the original two-pass structure (same numbers, tes
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from collections.abc import Callable
@@ -19,14 +20,23 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import ImageData, ImageSplits, augment_crop_flip, normalize
+from .data import ImageData, ImageSplits, _crop_flip, normalize
 from .models import passport_layers, total_sign_loss
 from .vault import atomic_torch_save
 from .verify import evaluate, signature_detection
 
-__all__ = ["PRESETS", "TrainConfig", "TrainResult", "train", "training_step"]
+__all__ = [
+    "PRESETS",
+    "TrainConfig",
+    "TrainResult",
+    "amp_dtype",
+    "train",
+    "training_step",
+    "uses_channels_last",
+]
 
 Schedule = Literal["summed", "alternating"]
+Amp = Literal["bf16", "fp16", "off"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,11 @@ class TrainConfig:
     sign_weight: float = 1.0  # weight of the summed sign loss (1 in the original; 0 = ablation)
     seed: int = 0
     eval_batch_size: int = 500
+    # Speed knobs (PAN_SPEC-neutral). None = automatic: on for CUDA, off elsewhere, so CPU runs
+    # are bit-identical to the reference path. amp=None picks bf16 (Ampere+) or fp16 on CUDA.
+    channels_last: bool | None = None
+    amp: Amp | None = None
+    compile: bool = False  # torch.compile the forward; the first steps pay the compile time
 
 
 # `faithful` keeps the original's choices that change numbers; `clean` fixes them (PAN_SPEC §8).
@@ -83,6 +98,30 @@ def _epoch_generator(config: TrainConfig, epoch: int, stream: int) -> torch.Gene
     return torch.Generator().manual_seed(config.seed * 1_000_003 + epoch * 7 + stream)
 
 
+def amp_dtype(config: TrainConfig, device: str | torch.device) -> torch.dtype | None:
+    """The autocast dtype a run uses on ``device`` (None: full float32).
+
+    Automatic (``amp=None``): bfloat16 on CUDA cards of compute capability 8.0 and later,
+    float16 (with loss scaling) on older ones such as the T4, off on every other device.
+    """
+    choice = config.amp
+    device = torch.device(device)
+    if choice is None:
+        if device.type != "cuda":
+            return None
+        choice = "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
+    if choice not in ("bf16", "fp16", "off"):
+        raise ValueError(f"amp must be 'bf16', 'fp16', 'off' or None, got {choice!r}")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[choice]
+
+
+def uses_channels_last(config: TrainConfig, device: str | torch.device) -> bool:
+    """Whether a run keeps activations in NHWC (``channels_last``): automatic means CUDA only."""
+    if config.channels_last is None:
+        return torch.device(device).type == "cuda"
+    return bool(config.channels_last)
+
+
 def training_step(
     model: nn.Module,
     x: torch.Tensor,
@@ -90,38 +129,85 @@ def training_step(
     optimizer: torch.optim.Optimizer,
     config: TrainConfig,
     step: int = 0,
+    *,
+    forward: Callable[..., object] | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, torch.Tensor]:
     """One optimiser step; returns detached losses (tensors: no host sync per step).
 
     Protected models: L = CE(branch 0) + CE(branch 1) + Σ sign losses (PAN_SPEC §3.3); with
     the alternating schedule the branch-1 terms are added every ``alternate_every`` steps.
+    ``forward`` (e.g. a compiled model) replaces ``model``'s call; ``scaler`` scales fp16 losses.
     """
     optimizer.zero_grad(set_to_none=True)
+    run = model if forward is None else forward
     protected = bool(passport_layers(model))
     use_branch1 = protected and (
         config.schedule == "summed" or step % config.alternate_every == config.alternate_every - 1
     )
     zero = torch.zeros((), device=x.device)
-    if not use_branch1:
-        loss0 = F.cross_entropy(model(x), y)
-        loss1 = sign = zero
-    else:
-        if config.batched:
-            out0, out1 = model(x, "both")
+    with _autocast(config, x.device):  # a no-op unless mixed precision is on (CUDA default)
+        if not use_branch1:
+            loss0, loss1 = F.cross_entropy(run(x), y), zero
         else:
-            out0, out1 = model(x, 0), model(x, 1)
-        loss0, loss1 = F.cross_entropy(out0, y), F.cross_entropy(out1, y)
-        sign = config.sign_weight * total_sign_loss(model) if config.sign_weight else zero
+            out0, out1 = run(x, "both") if config.batched else (run(x, 0), run(x, 1))
+            loss0, loss1 = F.cross_entropy(out0, y), F.cross_entropy(out1, y)
+    # The sign loss (float32, outside autocast) holds the signature in the sign of small scales.
+    use_sign = use_branch1 and config.sign_weight
+    sign = config.sign_weight * total_sign_loss(model) if use_sign else zero
     loss = loss0 + loss1 + sign
-    loss.backward()
-    optimizer.step()
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:  # fp16: scaled backward; the scaler's inf check costs one host sync per step
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
     return {"loss0": loss0.detach(), "loss1": loss1.detach(), "sign": sign.detach()}
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator):
-    order = torch.randperm(n, generator=generator)
-    for i in range(0, n - batch_size + 1, batch_size):  # drop_last, as the original
-        yield order[i : i + batch_size]
+def _autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    dtype = amp_dtype(config, device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _epoch_plan(
+    n: int,
+    config: TrainConfig,
+    n_triggers: int,
+    g_order: torch.Generator,
+    g_aug: torch.Generator,
+    device: torch.device,
+    padding: int = 4,
+) -> dict[str, torch.Tensor]:
+    """All of an epoch's random draws, made on the CPU and moved to ``device`` in one go.
+
+    Row ``s`` holds step ``s``'s sample indices, crop offsets, flips and trigger indices. The
+    draws come in the order the per-step loop used (so CPU runs stay bit-identical); moving
+    them once per epoch removes every per-step host-to-device copy and its synchronisation.
+    """
+    bs = config.batch_size
+    trig_order = torch.randperm(n_triggers, generator=g_order) if n_triggers else None
+    steps = n // bs
+    plan = {"idx": torch.randperm(n, generator=g_order)[: steps * bs].view(steps, bs)}
+    if config.augment:
+        draws = [
+            (
+                torch.randint(0, 2 * padding + 1, (bs,), generator=g_aug),
+                torch.randint(0, 2 * padding + 1, (bs,), generator=g_aug),
+                torch.rand(bs, generator=g_aug) < 0.5,
+            )
+            for _ in range(steps)
+        ]
+        for key, part in zip(("oy", "ox", "flip"), zip(*draws, strict=True), strict=True):
+            plan[key] = torch.stack(part) if draws else torch.empty(0, bs)
+    if trig_order is not None:
+        k = config.triggers_per_batch  # cycle through this epoch's trigger order
+        pos = (torch.arange(steps)[:, None] * k + torch.arange(k)) % n_triggers
+        plan["trig"] = trig_order[pos]
+    return {key: v.to(device) for key, v in plan.items()}
 
 
 def _load_checkpoint(path: Path, config: TrainConfig) -> dict | None:
@@ -162,12 +248,22 @@ def train(
 ) -> TrainResult:
     """Train ``model`` (plain or protected) and return it with its history.
 
-    Data stays on ``device`` as uint8 tensors; augmentation runs there. After every epoch a
-    checkpoint is written atomically; a rerun with the same ``checkpoint`` resumes from it
-    and reproduces the uninterrupted run exactly on the CPU. ``on_epoch(model, record)`` may
-    return extra fields for the epoch's history record (e.g. an owner's measurement).
+    Data stays on ``device`` as uint8 tensors; augmentation runs there, and each epoch's
+    random draws reach the device in one copy, so no step waits for the host. On CUDA the
+    model runs in ``channels_last`` under autocast unless ``config`` says otherwise. After
+    every epoch a checkpoint is written atomically; a rerun with the same ``checkpoint``
+    resumes from it and reproduces the uninterrupted run exactly on the CPU.
+    ``on_epoch(model, record)`` may return extra fields for the epoch's history record (e.g.
+    an owner's measurement).
     """
+    device = torch.device(device)
     model.to(device)
+    channels_last = uses_channels_last(config, device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if config.compile else None
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype(config, device) == torch.float16 \
+        else None
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum,
         weight_decay=config.weight_decay,
@@ -187,6 +283,9 @@ def train(
     if trigger is not None and config.triggers_per_batch > 0:
         trig_x = normalize(trigger.images.to(device), splits.mean, splits.std)
         trig_y = trigger.labels.to(device)
+    # normalize()'s arithmetic, with the constants made once (no per-step host-to-device copy).
+    mean = torch.tensor(splits.mean, dtype=torch.float32, device=device).view(-1, 1, 1)
+    std = torch.tensor(splits.std, dtype=torch.float32, device=device).view(-1, 1, 1)
     protected = bool(passport_layers(model))
     bar = tqdm(range(start, config.epochs), desc=desc, disable=not progress,
                initial=start, total=config.epochs)
@@ -195,24 +294,27 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = lr
         g_order, g_aug = _epoch_generator(config, epoch, 0), _epoch_generator(config, epoch, 1)
-        trig_order = None if trig_x is None else torch.randperm(len(trig_x), generator=g_order)
+        n_trig = 0 if trig_x is None else len(trig_x)
+        plan = _epoch_plan(len(images), config, n_trig, g_order, g_aug, device)
         model.train()
         sums = {"loss0": 0.0, "loss1": 0.0, "sign": 0.0}
         totals, steps = None, 0
         t0 = time.perf_counter()
-        for steps, idx in enumerate(_batches(len(images), config.batch_size, g_order), 1):
-            idx = idx.to(device)
+        for steps, idx in enumerate(plan["idx"], 1):  # everything below stays on the device
             x = images[idx]
-            x = augment_crop_flip(x, g_aug) if config.augment else x
-            x, y = normalize(x, splits.mean, splits.std), labels[idx]
-            if trig_order is not None:
-                k = config.triggers_per_batch  # cycle through this epoch's trigger order
-                pos = ((steps - 1) * k + torch.arange(k)) % len(trig_order)
-                t_idx = trig_order[pos].to(device)
+            if config.augment:
+                s = steps - 1
+                x = _crop_flip(x, plan["oy"][s], plan["ox"][s], plan["flip"][s])
+            x, y = (x.float() / 255.0 - mean) / std, labels[idx]
+            if "trig" in plan:
+                t_idx = plan["trig"][steps - 1]
                 x, y = torch.cat([x, trig_x[t_idx]]), torch.cat([y, trig_y[t_idx]])
-            losses = training_step(model, x, y, optimizer, config, step=steps - 1)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            losses = training_step(model, x, y, optimizer, config, step=steps - 1,
+                                   forward=forward, scaler=scaler)
             totals = losses if totals is None else {k: totals[k] + v for k, v in losses.items()}
-        if torch.device(device).type == "cuda":
+        if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
         if totals is not None:

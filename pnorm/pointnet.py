@@ -1,0 +1,196 @@
+"""PointNet classifier with passport-aware normalization (PAN_SPEC §1.6, §6.3).
+
+Input and feature T-Nets, then six units that may carry passports: three per-point Conv1d
+units and three Linear units. ``forward(x, branch)`` follows the contract of ``pnorm.models``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import Branch, ConvNormAct, NormKind, PassportAwareNorm, WeightLayer, check_branch
+from .models import Scheme, init_weights, passport_layers
+
+__all__ = [
+    "FEATURE_TRANSFORM_WEIGHT",
+    "POINTNET_LAYERS",
+    "PointNetCls",
+    "TNet",
+    "feature_transform_regularizer",
+    "pointnet_loss",
+]
+
+POINTNET_LAYERS = ("convp1", "convp2", "convp3", "p1", "p2", "p3")
+FEATURE_TRANSFORM_WEIGHT = 0.001  # weight of the T64 regulariser in the loss (§6.3)
+_TNET_WIDTHS = (64, 128, 1024, 512, 256)  # conv, conv, conv, fc, fc
+_MAIN_WIDTHS = (64, 128, 1024, 512, 256)  # convp1, convp2, convp3, p1, p2
+
+# scheme -> (norm of every unit, MLP in passport layers, shared statistics or None = `faithful`)
+_SCHEMES: dict[str, tuple[NormKind, bool, bool | None]] = {
+    "plain": ("bn", False, False),
+    "pan": ("bn", True, None),
+    "deepipr": ("gn", False, True),
+}
+
+
+def feature_transform_regularizer(trans: torch.Tensor, faithful: bool) -> torch.Tensor:
+    """Orthogonality penalty on B×k×k transforms: mean over the batch of a Frobenius norm.
+
+    Clean: ‖T·Tᵀ − I‖_F. Faithful: ‖T·(Tᵀ − I)‖_F, the misplaced bracket of the original
+    3-D code (PAN_SPEC §6.3, §8 item 18), which equals ‖T·Tᵀ − T‖_F and is 0 only for T = I.
+    """
+    eye = torch.eye(trans.shape[-1], device=trans.device, dtype=trans.dtype)
+    tt = trans.transpose(1, 2)
+    diff = trans @ (tt - eye) if faithful else trans @ tt - eye
+    return torch.linalg.matrix_norm(diff).mean()
+
+
+def pointnet_loss(logits: torch.Tensor, labels: torch.Tensor, trans: torch.Tensor,
+                  faithful: bool, weight: float = FEATURE_TRANSFORM_WEIGHT) -> torch.Tensor:
+    """Cross-entropy plus ``weight`` times the feature-transform regulariser of one branch."""
+    return F.cross_entropy(logits, labels) + weight * feature_transform_regularizer(trans, faithful)
+
+
+def _scaled(c: int, width: float) -> int:
+    return max(1, round(c * width))
+
+
+def _apply_transform(x: torch.Tensor, trans: torch.Tensor) -> torch.Tensor:
+    """Transform every point of B×k×P by B×k×k: row vector · T, as PointNet does."""
+    return torch.bmm(trans.transpose(1, 2), x)
+
+
+class TNet(nn.Module):
+    """Predicts a k×k transform from a B×k×P cloud: shared per-point MLP, max-pool, FC layers.
+
+    Plain (public) units: its normalisation is ordinary BN or GN with per-half statistics in a
+    batched two-branch pass. The last layer starts at zero, so the transform starts at I.
+    """
+
+    def __init__(self, k: int, width: float = 1.0, norm: NormKind = "bn"):
+        super().__init__()
+        c = [_scaled(w, width) for w in _TNET_WIDTHS]
+        self.k = k
+        self.conv1 = ConvNormAct(nn.Conv1d(k, c[0], 1, bias=False), norm)
+        self.conv2 = ConvNormAct(nn.Conv1d(c[0], c[1], 1, bias=False), norm)
+        self.conv3 = ConvNormAct(nn.Conv1d(c[1], c[2], 1, bias=False), norm)
+        self.fc1 = ConvNormAct(nn.Linear(c[2], c[3], bias=False), norm)
+        self.fc2 = ConvNormAct(nn.Linear(c[3], c[4], bias=False), norm)
+        self.fc3 = nn.Linear(c[4], k * k)
+
+    def reset_output(self) -> None:
+        """Zero the last layer so the predicted transform is the identity."""
+        nn.init.zeros_(self.fc3.weight)
+        nn.init.zeros_(self.fc3.bias)
+
+    def forward(self, x: torch.Tensor, branch: Branch = 0) -> torch.Tensor:
+        x = self.conv3(self.conv2(self.conv1(x, branch), branch), branch).amax(2)
+        x = self.fc3(self.fc2(self.fc1(x, branch), branch))
+        eye = torch.eye(self.k, device=x.device, dtype=x.dtype)
+        return x.view(-1, self.k, self.k) + eye
+
+
+class PointNetCls(nn.Module):
+    """PointNet for B×3×P clouds, with plain / PAN / DeepIPR-style units (PAN_SPEC §6.3).
+
+    ``faithful`` makes PAN passport layers share BN statistics between branches, as the
+    original 3-D code; otherwise each branch keeps its own (as the image PAN layer).
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 40,
+        width: float = 1.0,
+        scheme: Scheme = "pan",
+        passport_layers: Iterable[str] | None = None,
+        norm: NormKind | None = None,
+        num_points: int = 1024,
+        faithful: bool = False,
+        dropout: float = 0.4,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if scheme not in _SCHEMES:
+            raise ValueError(f"scheme must be one of {sorted(_SCHEMES)}, got {scheme!r}")
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        if width <= 0:
+            raise ValueError(f"width must be positive, got {width}")
+        if num_points < 1:
+            raise ValueError(f"num_points must be positive, got {num_points}")
+        default_norm, mlp, shared = _SCHEMES[scheme]
+        norm = norm or default_norm
+        shared = bool(faithful) if shared is None else shared
+        chosen = set() if scheme == "plain" else set(
+            POINTNET_LAYERS if passport_layers is None else passport_layers)
+        unknown = chosen - set(POINTNET_LAYERS)
+        if unknown:
+            raise ValueError(f"unknown layer(s) {sorted(unknown)} in the passport map; "
+                             f"PointNetCls has {list(POINTNET_LAYERS)}")
+        self.config: dict[str, Any] = {
+            "arch": "pointnet", "num_classes": num_classes, "width": width, "scheme": scheme,
+            "passport_layers": sorted(chosen), "norm": norm, "num_points": num_points,
+            "faithful": bool(faithful), "dropout": dropout,
+        }
+        c = [_scaled(w, width) for w in _MAIN_WIDTHS]
+        self.input_tnet = TNet(3, width, norm)
+        self.feature_tnet = TNet(c[0], width, norm)
+        # name, weight layer, passport shape, norm, activation
+        specs: list[tuple[str, WeightLayer, tuple[int, ...], NormKind, bool]] = [
+            ("convp1", nn.Conv1d(3, c[0], 1, bias=False), (1, 3, num_points), norm, True),
+            ("convp2", nn.Conv1d(c[0], c[1], 1, bias=False), (1, c[0], num_points), norm, True),
+            ("convp3", nn.Conv1d(c[1], c[2], 1, bias=False), (1, c[1], num_points), norm, False),
+            ("p1", nn.Linear(c[2], c[3]), (1, c[2]), norm, True),
+            ("p2", nn.Linear(c[3], c[4]), (1, c[3]), norm, True),
+            ("p3", nn.Linear(c[4], num_classes), (1, c[4]), "none", False),
+        ]
+        for name, layer, shape, unit_norm, act in specs:
+            if name in chosen:
+                unit: nn.Module = PassportAwareNorm(layer, shape, norm=unit_norm, mlp=mlp,
+                                                    shared_stats=shared, activation=act)
+            else:
+                unit = ConvNormAct(layer, norm=unit_norm, activation=act)
+            setattr(self, name, unit)
+        self.dropout = nn.Dropout(dropout)
+        init_weights(self, torch.Generator().manual_seed(seed))
+        self.input_tnet.reset_output()
+        self.feature_tnet.reset_output()
+
+    def _drop(self, x: torch.Tensor, branch: Branch) -> torch.Tensor:
+        """Dropout per half in a batched pass, so masks are drawn as two passes draw them."""
+        if branch == "both":
+            return torch.cat([self.dropout(h) for h in x.chunk(2)])
+        return self.dropout(x)
+
+    def forward(self, x: torch.Tensor, branch: Branch = 0, return_transform: bool = False):
+        """Logits (a pair for ``branch="both"``); with ``return_transform`` also the B×64×64
+        feature transform(s) that ``feature_transform_regularizer`` penalises.
+
+        Dropout (before ``p3``) draws from the global torch RNG: seed it (or use
+        ``torch.random.fork_rng``) around training steps for reproducible runs.
+        """
+        branch = check_branch(branch)
+        if branch != 0 and not passport_layers(self):
+            raise ValueError(
+                "this model has no passport layers (a public export?): attach the owner's "
+                "vault with Vault.attach(model) before asking for branch 1"
+            )
+        if x.dim() != 3 or x.shape[1] != 3:
+            raise ValueError(f"points must be B×3×P (xyz channels first), got {tuple(x.shape)}")
+        if branch == "both":
+            x = torch.cat([x, x])
+        x = _apply_transform(x, self.input_tnet(x, branch))
+        x = self.convp1(x, branch)
+        trans = self.feature_tnet(x, branch)
+        x = _apply_transform(x, trans)
+        x = self.convp3(self.convp2(x, branch), branch).amax(2)
+        x = self._drop(self.p2(self.p1(x, branch), branch), branch)
+        logits = self.p3(x, branch)
+        if branch == "both":
+            logits, trans = tuple(logits.chunk(2)), tuple(trans.chunk(2))
+        return (logits, trans) if return_transform else logits

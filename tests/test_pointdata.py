@@ -184,9 +184,11 @@ def test_modelnet_missing_data_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DataNotFoundError, match="'chair' is not in"):
         load_modelnet40(tmp_path)
     (folder / "modelnet40_train.txt").write_text("table_0002\n")
-    (folder / "table" / "table_0002.txt").write_text("1,2\n3,4\n")
-    with pytest.raises(DataNotFoundError, match="no x,y,z rows|not a comma-separated"):
-        load_modelnet40(tmp_path, n_val=0)
+    for text, msg in (("1,2\n3,4\n", "no x,y,z rows"), ("", "no x,y,z rows"),
+                      ("1,2,3\na,b,c\n", "not a comma-separated")):
+        (folder / "table" / "table_0002.txt").write_text(text)
+        with pytest.raises(DataNotFoundError, match=msg):
+            load_modelnet40(tmp_path, n_val=0, cache_dir=tmp_path / "c")
 
 
 # ------------------------------------------------------------------ download path

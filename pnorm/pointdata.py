@@ -16,6 +16,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Literal
 
 import numpy as np
@@ -64,6 +65,11 @@ SOLID_CLASSES = ["sphere", "cube", "cylinder", "cone", "torus",
                  "pyramid", "capsule", "spring", "dumbbell", "octahedron"]
 OBJECT_CLASSES = ["table", "chair", "lamp", "mushroom", "bottle",
                   "mug", "arrow", "tree", "snowman", "cross"]
+# How hard the synthetic tasks are, in one place (read-only: edit here, so the source fingerprint
+# of cached models sees it). Plain PointNet, width 0.25, 256 points, 5k clouds, 6 Adam epochs:
+# ~72 % (solids) / ~76 % (objects) test accuracy, still rising.
+POINTS_NUISANCE = MappingProxyType(dict(
+    log_scale=0.3, occlude_p=0.3, occlude_frac=(0.1, 0.3), outliers=0.03, jitter=(0.005, 0.02)))
 _CHUNK = 512  # clouds generated at a time (bounds memory; fixed, so results do not depend on it)
 _CACHE_FORMAT, _CACHE_VERSION = "pnorm-modelnet40", 1
 
@@ -340,25 +346,26 @@ def _random_rotations(g: torch.Generator, m: int) -> torch.Tensor:
 def _pose_and_noise(g: torch.Generator, pts: torch.Tensor) -> torch.Tensor:
     """Anisotropic scale, random rotation, partial occlusion, outliers, jitter; then normalise.
 
-    Occlusion removes the points beyond a random plane (p=0.3) and refills them with copies of
-    kept points; up to 3 % of points become outliers uniform in the unit ball.
+    Occlusion removes the points beyond a random plane and refills them with copies of kept
+    points; a few points become outliers uniform in the ball (amounts: POINTS_NUISANCE).
     """
     m, p, _ = pts.shape
-    pts = pts * torch.exp(_u(g, -0.3, 0.3, m, 1, 3))
+    k = POINTS_NUISANCE
+    pts = pts * torch.exp(_u(g, -k["log_scale"], k["log_scale"], m, 1, 3))
     pts = pts @ _random_rotations(g, m).transpose(1, 2)
     pts = pts - pts.mean(1, keepdim=True)
     normal = torch.nn.functional.normalize(torch.randn(m, 1, 3, generator=g), dim=-1)
     height = (pts * normal).sum(-1)  # m×p
-    rank = ((1 - _u(g, 0.1, 0.3, m, 1)) * (p - 1)).long()
+    rank = ((1 - _u(g, *k["occlude_frac"], m, 1)) * (p - 1)).long()
     cut = height.sort(1).values.gather(1, rank)
-    keep = (height <= cut) | (torch.rand(m, 1, generator=g) >= 0.3)
+    keep = (height <= cut) | (torch.rand(m, 1, generator=g) >= k["occlude_p"])
     refill = torch.multinomial(keep.float(), p, replacement=True, generator=g)
     pts = pts.gather(1, torch.where(keep, torch.arange(p), refill)[..., None].expand(m, p, 3))
     scale = pts.norm(dim=-1).amax(1).view(m, 1, 1)
-    outlier = torch.rand(m, p, 1, generator=g) < _u(g, 0.0, 0.03, m, 1, 1)
+    outlier = torch.rand(m, p, 1, generator=g) < _u(g, 0.0, k["outliers"], m, 1, 1)
     ball = _sphere(g, m, p) * torch.rand(m, p, 1, generator=g).pow(1 / 3) * scale
     pts = torch.where(outlier, ball, pts)
-    pts = pts + _u(g, 0.005, 0.02, m, 1, 1) * scale * torch.randn(m, p, 3, generator=g)
+    pts = pts + _u(g, *k["jitter"], m, 1, 1) * scale * torch.randn(m, p, 3, generator=g)
     return normalize_clouds(pts.transpose(1, 2))
 
 

@@ -257,6 +257,8 @@ def test_synthetic_points_deterministic_and_seed_dependent() -> None:
     assert len(synthetic_points(0, 32, seed=0)) == 0
     with pytest.raises(ValueError, match="unknown synthetic point task"):
         synthetic_points(4, 32, seed=0, task="clouds")
+    with pytest.raises(TypeError):  # difficulty is edited in the source, never at run time
+        pointdata.POINTS_NUISANCE["jitter"] = (0.0, 0.0)  # type: ignore[index]
 
 
 def test_synthetic_point_splits_are_independent() -> None:

@@ -3,6 +3,8 @@
 Variants run round-robin (order rotated every round) for several rounds and report medians, so
 load drift hits all of them alike. The last stdout line is one JSON object with the ratios.
 Usage: python benchmarks/train_speed.py [--device cuda] [--quick] [--no-resnet] [--compile]
+On a CPU that other jobs keep busy, add --threads 1: with more OpenMP threads than free cores,
+small ops stall waiting for descheduled threads and every ratio becomes noise.
 """
 
 from __future__ import annotations
@@ -178,15 +180,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers (reference)")
     p.add_argument("--compile", action="store_true", help="torch.compile every model")
     p.add_argument("--budget", type=float, default=None, help="seconds for the timed rounds")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cpu = device.type == "cpu"
     quick = args.quick
     width = args.width or (0.5 if quick and cpu else 1.0)
     rwidth = args.resnet_width or (0.25 if cpu else 1.0)
     rounds = args.rounds or (5 if quick else 9)
-    steps = args.steps or (2 if cpu else 10)
-    budget = args.budget or (60.0 if quick else 600.0)
+    steps = 2 * -(-(args.steps or (2 if cpu else 10)) // 2)  # even: alternating pairs up
+    budget = args.budget or (40.0 if quick else 600.0)
     n_data = 10_000 if quick else 50_000
     batch = args.batch + 2  # the clean batch plus 2 trigger images, as PAN_SPEC §3.2
     base = TrainConfig(batch_size=args.batch, compile=args.compile)
@@ -214,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
                 key_model(model, torch.Generator().manual_seed(1))
             variants[f"resnet_{scheme}"] = model_step(model, base, batch, device, 2)
     t0 = time.perf_counter()
-    sec = measure(variants, rounds, steps, warmup=2 if cpu else 5, device=device,
+    sec = measure(variants, rounds, steps, warmup=1 if cpu else 5, device=device,
                   budget_s=budget)
     ms = {k: round(v * 1e3, 3) for k, v in sec.items()}
     for k, v in ms.items():

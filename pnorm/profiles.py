@@ -39,6 +39,12 @@ class Profile:
     # Which AlexNet units carry passports: None = all five (the PAN default); the CPU profiles
     # use conv3-conv5 (the original's `_ori` map), see `benchmarks/calibrate_cpu_profile.py`.
     passport_layers: tuple[str, ...] | None = None
+    # Attack budgets (chapters 04-06). The original fine-tunes for 200 epochs at lr 1e-3 and
+    # forges passports for 100 epochs on the full training set (PAN_SPEC §5a, §5c).
+    finetune_epochs: int = 200
+    finetune_lr: float = 0.001
+    forge_epochs: int = 100
+    forge_data_fraction: float = 1.0
 
     def describe(self) -> str:
         """One line for a chapter's setup cell: profile, data, device and scale."""
@@ -55,16 +61,19 @@ PROFILES: dict[str, Profile] = {
         name="smoke", data="synthetic", device="cpu", width=0.25, n_train=768, n_val=256,
         n_test=512, epochs=3, batch_size=64, lr=0.02, milestones=(2,), n_triggers=20,
         triggers_per_batch=2, n_forged=5, passport_layers=("conv3", "conv4", "conv5"),
+        finetune_epochs=2, finetune_lr=0.01, forge_epochs=1, forge_data_fraction=0.25,
     ),
     "cpu": Profile(
         name="cpu", data="synthetic", device="cpu", width=0.25, n_train=5000, n_val=1000,
         n_test=2000, epochs=16, batch_size=128, lr=0.02, milestones=(8, 12), n_triggers=50,
         triggers_per_batch=4, n_forged=20, passport_layers=("conv3", "conv4", "conv5"),
+        finetune_epochs=8, finetune_lr=0.01, forge_epochs=3, forge_data_fraction=0.5,
     ),
     "gpu": Profile(
         name="gpu", data="real", device="cuda", width=1.0, n_train=0, n_val=5000, n_test=0,
         epochs=40, batch_size=64, lr=0.01, milestones=(20, 30), n_triggers=100,
-        triggers_per_batch=2, n_forged=50,
+        triggers_per_batch=2, n_forged=50, finetune_epochs=20, finetune_lr=0.001,
+        forge_epochs=10, forge_data_fraction=1.0,
     ),
     "paper": Profile(
         name="paper", data="real", device="cuda", width=1.0, n_train=0, n_val=5000, n_test=0,

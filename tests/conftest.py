@@ -41,3 +41,62 @@ def pnorm_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+# ----------------------------------------------------------------------------- a trained model
+
+
+def learnable_splits(n_train=512, n_val=128, n_test=256, seed=0, num_classes=10):
+    """An easy colour task (class colour + uniform noise): learnable in a few epochs.
+
+    Tests of verification and attacks study statistics, so their data must reliably be
+    learned by both branches within the test budget, whatever the synthetic stand-ins' difficulty.
+    """
+    import torch
+
+    from pnorm.data import ImageData, ImageSplits
+
+    g = torch.Generator().manual_seed(seed)
+    palette = torch.rand(num_classes, 3, generator=g)
+
+    def make(n: int) -> ImageData:
+        labels = torch.arange(n) % num_classes
+        labels = labels[torch.randperm(n, generator=g)]
+        img = 0.6 * palette[labels].view(n, 3, 1, 1) + 0.4 * torch.rand(n, 3, 32, 32, generator=g)
+        return ImageData((img * 255).round().to(torch.uint8), labels,
+                         [str(i) for i in range(num_classes)], f"easy-colours-{seed}")
+
+    train_, val, test = make(n_train), make(n_val), make(n_test)
+    x = train_.images.double() / 255
+    mean = tuple(x.mean((0, 2, 3)).tolist())
+    std = tuple(x.std((0, 2, 3)).tolist())
+    return ImageSplits(train_, val, test, mean, std, num_classes, "synthetic")
+
+
+@pytest.fixture(scope="session")
+def trained_pan():
+    """A small protected AlexNet (width 1/8) trained with the real two-branch recipe.
+
+    Shared by verification and attack tests; they must not modify it (attacks work on copies).
+    """
+    import torch
+
+    from pnorm.data import abstract_trigger_set
+    from pnorm.models import AlexNetCIFAR, export_public
+    from pnorm.passport import key_model
+    from pnorm.train import TrainConfig, train
+    from pnorm.vault import Vault
+
+    splits = learnable_splits()
+    trigger = abstract_trigger_set(20)
+    model = AlexNetCIFAR(width=0.125, scheme="pan", seed=0)
+    key_model(model, torch.Generator().manual_seed(1), message="owner")
+    config = TrainConfig(epochs=6, batch_size=32, lr=0.02, milestones=(4,),
+                         triggers_per_batch=2, select="last")
+    result = train(model, splits, config, trigger, progress=False)
+    model = result.model.eval()
+    vault = Vault.from_model(model, trigger.images, trigger.labels, seeds={"model": 0},
+                             public_model=export_public(model),
+                             data_stats={"mean": list(splits.mean), "std": list(splits.std)})
+    return {"model": model, "vault": vault, "splits": splits, "trigger": trigger,
+            "history": result.history}

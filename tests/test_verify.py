@@ -7,10 +7,9 @@ from fractions import Fraction
 import pytest
 import torch
 
-from pnorm.data import ImageData, ImageSplits, abstract_trigger_set
+from pnorm.data import ImageData
 from pnorm.models import AlexNetCIFAR, export_public, passport_layers
 from pnorm.passport import key_model, random_passports
-from pnorm.train import TrainConfig, train
 from pnorm.vault import Vault
 from pnorm.verify import (
     OwnershipReport,
@@ -174,29 +173,6 @@ def test_an_innocent_model_is_not_claimed(matched_model):
 # ----------------------------------------------------------------------------- trained model
 
 
-def _learnable_splits(n_train=512, n_val=128, n_test=256, seed=0) -> ImageSplits:
-    """An easy 10-class colour task (class colour + uniform noise): learnable in a few epochs.
-
-    The verification statistics are the object here, so the data must reliably be learned by
-    both branches within the test budget, whatever the difficulty of the synthetic stand-ins.
-    """
-    g = _gen(seed)
-    palette = torch.rand(10, 3, generator=g)
-
-    def make(n: int) -> ImageData:
-        labels = torch.arange(n) % 10
-        labels = labels[torch.randperm(n, generator=g)]
-        img = 0.6 * palette[labels].view(n, 3, 1, 1) + 0.4 * torch.rand(n, 3, 32, 32, generator=g)
-        return ImageData((img * 255).round().to(torch.uint8), labels,
-                         [str(i) for i in range(10)], "easy-colours")
-
-    train_, val, test = make(n_train), make(n_val), make(n_test)
-    x = train_.images.double() / 255
-    mean = tuple(x.mean((0, 2, 3)).tolist())
-    std = tuple(x.std((0, 2, 3)).tolist())
-    return ImageSplits(train_, val, test, mean, std, 10, "synthetic")
-
-
 # ~100 steps: branch 1 only "wakes up" after ~2 epochs (gamma1 = M(s_gamma) starts at
 # 1e-4..1e-2), so after this short run it still trails branch 0 by ~10-15 points. The decision
 # rule's default 2-point tolerance is for converged models; this test allows 20 points.
@@ -204,21 +180,12 @@ SHORT_RUN = Thresholds(max_accuracy_drop=0.20)
 
 
 @pytest.fixture(scope="module")
-def trained():
-    """A small protected AlexNet trained with the real two-branch recipe, and its report."""
-    splits = _learnable_splits()
-    trigger = abstract_trigger_set(20)
-    model = AlexNetCIFAR(width=WIDTH, scheme="pan", seed=0)
-    key_model(model, _gen(1), message="owner")
-    config = TrainConfig(epochs=6, batch_size=32, lr=0.02, milestones=(4,),
-                         triggers_per_batch=2, select="last")
-    result = train(model, splits, config, trigger, progress=False)
-    model = result.model.eval()
-    vault = Vault.from_model(model, trigger.images, trigger.labels, seeds={"model": 0},
-                             public_model=export_public(model))
+def trained(trained_pan):
+    """The shared small trained model (conftest) and its ownership report."""
+    model, vault, splits = trained_pan["model"], trained_pan["vault"], trained_pan["splits"]
     report = verify_ownership(export_public(model), vault, splits.test, splits.mean, splits.std,
                               n_forged=5, thresholds=SHORT_RUN)
-    return {"model": model, "vault": vault, "report": report, "history": result.history}
+    return {**trained_pan, "report": report}
 
 
 def test_true_passport_recovers_the_signature(trained):

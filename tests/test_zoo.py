@@ -179,6 +179,22 @@ def test_real_source_fingerprint_is_a_stable_sha256():
     assert re.fullmatch(r"[0-9a-f]{64}", fp) and fp == source_fingerprint()
 
 
+def test_fingerprint_covers_training_modules_but_not_attacks_or_figures(tmp_path, monkeypatch):
+    for name in ("layers.py", "train.py", "attacks.py", "plots.py"):
+        (tmp_path / name).write_text(f"# {name}\n")
+    monkeypatch.setattr(pnorm.zoo, "_PKG_DIR", tmp_path)
+    base = source_fingerprint()
+    (tmp_path / "attacks.py").write_text("# a new attack\n")
+    (tmp_path / "plots.py").write_text("# a new colour\n")
+    assert source_fingerprint() == base
+    (tmp_path / "layers.py").write_text("# a changed layer\n")
+    assert source_fingerprint() != base
+    (tmp_path / "newmodule.py").write_text("# unknown modules count\n")
+    changed = source_fingerprint()
+    (tmp_path / "newmodule.py").write_text("# edited\n")
+    assert source_fingerprint() != changed
+
+
 @pytest.mark.parametrize("damaged", ["final.pt", "vault.pt"])
 def test_a_corrupt_entry_is_rebuilt_from_its_complete_checkpoint(
     data, cached, use_cache, step_log, damaged

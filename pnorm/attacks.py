@@ -1,0 +1,262 @@
+"""Removal attacks on a released model: fine-tuning to a new task and magnitude pruning.
+
+Each attack starts from what the attacker holds, the public export (PAN_SPEC §5a–§5b), and the
+owner measures the result by re-attaching the vault. Results are tidy records (lists of dicts)
+that chapters turn into tables and plots. Forgery (ambiguity) attacks live in ``forgery.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from .data import ImageData, ImageSplits
+from .layers import PassportAwareNorm
+from .train import TrainConfig, train
+from .vault import Vault
+from .verify import binomial_tail, evaluate, signature_detection
+
+__all__ = [
+    "FINETUNE_PRESETS",
+    "FineTuneConfig",
+    "PRUNE_PRESETS",
+    "fine_tune",
+    "finetune_config",
+    "prune_model",
+    "pruning_sweep",
+]
+
+_NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm)
+
+
+# ------------------------------------------------------------------ fine-tuning (§5a)
+
+
+@dataclass(frozen=True)
+class FineTuneConfig:
+    """The attacker's transfer-learning recipe (PAN_SPEC §5a): new head, all layers trained.
+
+    Defaults are the original's (SGD lr 1e-3, batch 64, no triggers, 200 epochs with the
+    default step schedule); chapters scale ``epochs``/``lr`` to their profile and say so.
+    """
+
+    epochs: int = 200
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 64
+    milestones: tuple[int, ...] = (100, 150)
+    augment: bool = True
+    # The original's clone never received the passport layers' BN running statistics (they
+    # were saved as ``bn0.*`` and loaded non-strictly as ``bn.*``, PAN_SPEC §8.9).
+    reset_bn_stats: bool = False
+    seed: int = 0
+    eval_batch_size: int = 500
+
+
+FINETUNE_PRESETS: dict[str, dict] = {
+    "faithful": {"reset_bn_stats": True},
+    "clean": {"reset_bn_stats": False},
+}
+
+
+def finetune_config(preset: str, **overrides: Any) -> FineTuneConfig:
+    """A ``FineTuneConfig`` for a named preset (``faithful`` or ``clean``) with overrides."""
+    if preset not in FINETUNE_PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {list(FINETUNE_PRESETS)}")
+    return replace(FineTuneConfig(**FINETUNE_PRESETS[preset]), **overrides)
+
+
+def _head(model: nn.Module) -> nn.Linear:
+    head = getattr(model, "classifier", None)
+    if not isinstance(head, nn.Linear):
+        raise TypeError(
+            f"{type(model).__name__} has no `classifier` nn.Linear head to re-initialise"
+        )
+    return head
+
+
+def _with_head(model: nn.Module, head: nn.Linear) -> nn.Module:
+    """A copy of ``model`` whose classifier is (a copy of) ``head``."""
+    out = copy.deepcopy(model)
+    out.classifier = copy.deepcopy(head).to(_head(model).weight.device)
+    if hasattr(out, "config"):
+        out.config = {**out.config, "num_classes": head.out_features}
+    return out
+
+
+def _owner_measures(
+    features: nn.Module, old_head: nn.Linear, vault: Vault, trigger: ImageData | None,
+    mean, std, device, batch_size: int,
+) -> dict:
+    """Detection (and trigger accuracy with the owner's old head) on a suspect's features."""
+    protected = vault.attach(_with_head(features, old_head)).to(device)
+    det = signature_detection(protected)
+    out = {"detection": det["pooled"], "matches": det["matches"], "bits": det["bits"],
+           "log10_p": binomial_tail(det["matches"], det["bits"])}
+    if trigger is not None:
+        out["trigger_acc"] = evaluate(protected, trigger, mean, std, 0, batch_size, device)
+    return out
+
+
+def fine_tune(
+    public: nn.Module,
+    vault: Vault,
+    new_task: ImageSplits,
+    config: FineTuneConfig,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    desc: str = "fine-tuning",
+) -> tuple[nn.Module, list[dict]]:
+    """Fine-tune the released model on ``new_task`` (RTAL) and measure ownership every epoch.
+
+    The attacker re-initialises the head for ``new_task`` and trains every layer with
+    cross-entropy. After each epoch (and before the first) the owner attaches the vault to the
+    attacker's features and reads the signature; the trigger set is scored with the owner's
+    original head (as the original code does). Returns the attacked model and the records.
+    """
+    old_head = copy.deepcopy(_head(public)).cpu()
+    attacker = copy.deepcopy(public).cpu()
+    if config.reset_bn_stats:
+        for name in vault.layers:
+            norm = getattr(attacker.get_submodule(name), "norm", None)
+            if isinstance(norm, nn.modules.batchnorm._BatchNorm):
+                norm.reset_running_stats()
+    g = torch.Generator().manual_seed(config.seed)
+    new_head = nn.Linear(old_head.in_features, new_task.num_classes)
+    nn.init.kaiming_uniform_(new_head.weight, a=5**0.5, generator=g)
+    bound = 1 / old_head.in_features**0.5
+    nn.init.uniform_(new_head.bias, -bound, bound, generator=g)
+    attacker = _with_head(attacker, new_head)
+
+    trigger = None
+    if vault.trigger_images is not None:
+        trigger = ImageData(vault.trigger_images, vault.trigger_labels, [], "trigger")
+    stats = vault.data_stats or {}
+    mean, std = stats.get("mean", new_task.mean), stats.get("std", new_task.std)
+    batch = config.eval_batch_size
+
+    def measure(model: nn.Module, record: dict | None) -> dict:
+        out = _owner_measures(model, old_head, vault, trigger, mean, std, device, batch)
+        out["new_task_acc"] = evaluate(model, new_task.test, new_task.mean, new_task.std, 0,
+                                       batch, device)
+        return out
+
+    first = {"epoch": -1, **measure(attacker.to(device), None)}
+    recipe = TrainConfig(
+        epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+        momentum=config.momentum, weight_decay=config.weight_decay,
+        milestones=config.milestones, triggers_per_batch=0, select="last",
+        augment=config.augment, seed=config.seed, eval_batch_size=batch,
+    )
+    result = train(attacker, new_task, recipe, None, device, progress=progress, desc=desc,
+                   on_epoch=measure)
+    keys = ("epoch", "new_task_acc", "detection", "matches", "bits", "log10_p", "trigger_acc")
+    records = [first] + [{k: r[k] for k in keys if k in r} for r in result.history]
+    for r in records:
+        r["epoch"] += 1  # epoch 0 = the released model, before any fine-tuning
+    return result.model, records
+
+
+# ------------------------------------------------------------------ pruning (§5b)
+
+# faithful: prune the owner's full protected model; every parameter counts towards the global
+# threshold, but those whose name contains one of `exempt_names` are restored afterwards (the
+# original's substring test on "fc", which hits exactly the passport MLPs in the image models).
+# clean: prune what the attacker holds, the public model; normalisation layers exempt by type.
+PRUNE_PRESETS: dict[str, dict] = {
+    "faithful": {"target": "protected", "exempt_names": ("mlp", "fc")},
+    "clean": {"target": "public", "exempt_names": ()},
+}
+
+
+def _prunable(model: nn.Module, preset: str) -> list[tuple[nn.Module, str]]:
+    """(module, parameter name) pairs that enter the global magnitude ranking."""
+    pairs = []
+    for module in model.modules():
+        for pname, _ in module.named_parameters(recurse=False):
+            if preset == "clean" and (isinstance(module, _NORM_TYPES) or pname != "weight"):
+                continue  # clean: conv and linear weights only
+            pairs.append((module, pname))
+    return pairs
+
+
+@torch.no_grad()
+def prune_model(model: nn.Module, ratio: float, preset: str = "clean") -> tuple[nn.Module, dict]:
+    """One-shot global unstructured L1 pruning of a copy of ``model`` (no retraining).
+
+    Uses ``torch.nn.utils.prune.global_unstructured``; ``preset`` picks which parameters count
+    and which are exempt (``PRUNE_PRESETS``). Returns the pruned copy and what was zeroed.
+    """
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"pruning ratio must be in [0, 1], got {ratio}")
+    if preset not in PRUNE_PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {list(PRUNE_PRESETS)}")
+    pruned = copy.deepcopy(model)
+    names = {id(m): n for n, m in pruned.named_modules()}
+    pairs = _prunable(pruned, preset)
+    exempt_names = PRUNE_PRESETS[preset]["exempt_names"]
+    exempt = [(m, p) for m, p in pairs
+              if any(s in f"{names[id(m)]}.{p}" for s in exempt_names)]
+    kept = [pair for pair in pairs if pair not in exempt]
+    saved = [getattr(m, p).detach().clone() for m, p in exempt]
+    zeroed = 0
+    if ratio > 0:
+        prune.global_unstructured(pairs, pruning_method=prune.L1Unstructured, amount=ratio)
+        zeroed = sum(int((getattr(m, f"{p}_mask") == 0).sum()) for m, p in kept)
+        for m, p in pairs:
+            prune.remove(m, p)  # make the zeros permanent: a plain model again
+        for (m, p), value in zip(exempt, saved, strict=True):
+            getattr(m, p).copy_(value)
+    total = sum(getattr(m, p).numel() for m, p in kept)
+    return pruned, {"ratio": ratio, "pruned_fraction": zeroed / max(1, total),
+                    "prunable": total, "ranked": sum(getattr(m, p).numel() for m, p in pairs)}
+
+
+def pruning_sweep(
+    protected: nn.Module,
+    public: nn.Module,
+    vault: Vault,
+    test: ImageData,
+    mean,
+    std,
+    ratios: Sequence[float] = tuple(i / 10 for i in range(11)),
+    preset: str = "clean",
+    device: str | torch.device = "cpu",
+    batch_size: int = 500,
+    progress: bool = True,
+) -> list[dict]:
+    """Prune at each ratio and measure both branches, the trigger set and the signature.
+
+    ``clean`` prunes the public model and re-attaches the vault; ``faithful`` prunes the
+    owner's protected model in place of it (PAN_SPEC §5b). One record per ratio.
+    """
+    from tqdm.auto import tqdm
+
+    if not any(isinstance(m, PassportAwareNorm) for m in protected.modules()):
+        raise ValueError("`protected` must be the owner's model with its passport layers")
+    target = protected if PRUNE_PRESETS[preset]["target"] == "protected" else public
+    trigger = None
+    if vault.trigger_images is not None:
+        trigger = ImageData(vault.trigger_images, vault.trigger_labels, [], "trigger")
+    records = []
+    for ratio in tqdm(ratios, desc=f"pruning ({preset})", disable=not progress):
+        pruned, info = prune_model(target, ratio, preset)
+        model = (pruned if target is protected else vault.attach(pruned)).to(device)
+        acc0, acc1 = evaluate(model, test, mean, std, "both", batch_size, device)
+        det = signature_detection(model)
+        record = {**info, "acc0": acc0, "acc1": acc1, "detection": det["pooled"],
+                  "matches": det["matches"], "bits": det["bits"],
+                  "log10_p": binomial_tail(det["matches"], det["bits"]),
+                  "per_layer": det["per_layer"]}
+        if trigger is not None:
+            record["trigger_acc0"], record["trigger_acc1"] = evaluate(
+                model, trigger, mean, std, "both", batch_size, device)
+        records.append(record)
+    return records

@@ -141,9 +141,15 @@ def fine_tune(
     stats = vault.data_stats or {}
     mean, std = stats.get("mean", new_task.mean), stats.get("std", new_task.std)
     batch = config.eval_batch_size
+    released = {n: public.get_submodule(n).conv.weight.detach().cpu().clone()
+                for n in vault.layers}
+    scale = sum(w.pow(2).sum() for w in released.values()).sqrt()
 
     def measure(model: nn.Module, record: dict | None) -> dict:
         out = _owner_measures(model, old_head, vault, trigger, mean, std, device, batch)
+        moved = sum((model.get_submodule(n).conv.weight.detach().cpu() - w).pow(2).sum()
+                    for n, w in released.items())
+        out["weight_change"] = (moved.sqrt() / scale).item()  # relative, passport layers
         out["new_task_acc"] = evaluate(model, new_task.test, new_task.mean, new_task.std, 0,
                                        batch, device)
         return out
@@ -157,7 +163,8 @@ def fine_tune(
     )
     result = train(attacker, new_task, recipe, None, device, progress=progress, desc=desc,
                    on_epoch=measure)
-    keys = ("epoch", "new_task_acc", "detection", "matches", "bits", "log10_p", "trigger_acc")
+    keys = ("epoch", "new_task_acc", "detection", "matches", "bits", "log10_p", "trigger_acc",
+            "weight_change")
     records = [first] + [{k: r[k] for k in keys if k in r} for r in result.history]
     for r in records:
         r["epoch"] += 1  # epoch 0 = the released model, before any fine-tuning

@@ -125,6 +125,7 @@ def test_fine_tuning_changes_public_weights_but_not_the_vault(trained_pan, prese
     assert records[0]["detection"] == pytest.approx(signature_detection(model)["pooled"])
     assert records[-1]["new_task_acc"] > 0.4  # learned the new 5-class task (chance 0.2)
     assert all(0.0 <= r["trigger_acc"] <= 1.0 for r in records)
+    assert records[0]["weight_change"] == 0.0 < records[1]["weight_change"]
 
 
 def _units(model: nn.Module) -> list[ConvNormAct]:

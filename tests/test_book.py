@@ -420,3 +420,66 @@ def test_page_in_headless_chromium(built_book: BuiltBook, browser, docname: str)
     if console_errors:
         problems.append("console errors:\n  " + "\n  ".join(console_errors))
     assert not problems, f"{docname} ({path}):\n- " + "\n- ".join(problems)
+
+
+# ---------------------------------------------------------------------------------------------
+# sliders over precomputed frames (pnorm.widgets.frame_slider) move without a kernel
+
+# Pages that must carry at least this many frame sliders.
+SLIDER_PAGES = {"notebooks/05-pruning": 1, "notebooks/06-ambiguity": 1}
+
+JS_FRAME = """async (box) => {
+  const imgs = Array.from(box.querySelectorAll("img")).filter((i) => i.checkVisibility());
+  if (imgs.length !== 1) return {count: imgs.length};
+  const buf = await (await fetch(imgs[0].src)).arrayBuffer();
+  const digest = await crypto.subtle.digest("SHA-256", buf);
+  const hex = Array.from(new Uint8Array(digest)).map((b) => b.toString(16).padStart(2, "0"));
+  const readout = box.querySelector(".widget-readout");
+  return {count: 1, digest: hex.join(""), readout: readout ? readout.innerText.trim() : null};
+}"""
+
+
+def test_slider_pages_are_listed_in_the_toc() -> None:
+    assert set(SLIDER_PAGES) <= set(DOCNAMES)
+
+
+@pytest.mark.parametrize("docname", sorted(SLIDER_PAGES))
+def test_frame_sliders_change_the_figure_in_the_static_page(
+    built_book: BuiltBook, browser, docname: str
+) -> None:
+    """Drive each slider with the keyboard in headless Chromium: the shown PNG must change."""
+    path = built_book.page(docname)
+    assert "pnorm-frame-slider" in path.read_text(encoding="utf-8"), (
+        f"{docname}: no frame slider in the embedded widget state")
+    page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    try:
+        page.goto(path.as_uri(), wait_until="load", timeout=PAGE_TIMEOUT_MS)
+        page.wait_for_selector(".pnorm-frame-slider .noUi-handle", timeout=PAGE_TIMEOUT_MS)
+        boxes = page.locator(".pnorm-frame-slider")
+        assert boxes.count() >= SLIDER_PAGES[docname]
+        for i in range(boxes.count()):
+            box = boxes.nth(i)
+            box.scroll_into_view_if_needed()
+            start = box.evaluate(JS_FRAME)
+            assert start["count"] == 1, f"slider {i}: expected one visible frame, got {start}"
+            handle = box.locator(".noUi-handle").first
+            handle.focus()
+            for _ in range(2):
+                page.keyboard.press("ArrowRight")
+            page.wait_for_timeout(300)
+            moved = box.evaluate(JS_FRAME)
+            assert moved["count"] == 1
+            assert moved["readout"] != start["readout"], f"slider {i}: readout did not move"
+            assert moved["digest"] != start["digest"], (
+                f"slider {i}: the readout moved ({start['readout']} -> {moved['readout']}) "
+                "but the figure did not change")
+            for _ in range(2):
+                page.keyboard.press("ArrowLeft")
+            page.wait_for_timeout(300)
+            back = box.evaluate(JS_FRAME)
+            assert (back["readout"], back["digest"]) == (start["readout"], start["digest"]), (
+                f"slider {i}: moving back did not restore the first frame")
+            print(f"\n[test_book] {docname} slider {i}: {start['readout']} -> "
+                  f"{moved['readout']} -> {back['readout']}, frames differ")
+    finally:
+        page.close()

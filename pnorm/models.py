@@ -181,7 +181,14 @@ def _resnet18(**kwargs: Any) -> nn.Module:
     return ResNet18CIFAR(**kwargs)
 
 
-_ARCHS = {"alexnet": AlexNetCIFAR, "resnet18": _resnet18}
+def _pointnet(**kwargs: Any) -> nn.Module:
+    """Build PointNetCls; imported on first use because ``pnorm.pointnet`` imports this module."""
+    from .pointnet import PointNetCls
+
+    return PointNetCls(**kwargs)
+
+
+_ARCHS = {"alexnet": AlexNetCIFAR, "resnet18": _resnet18, "pointnet": _pointnet}
 
 
 def build_model(config: dict[str, Any], seed: int = 0) -> nn.Module:

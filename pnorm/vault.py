@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .layers import ConvNormAct, PassportAwareNorm
+from .layers import ConvNormAct, PassportAwareNorm, _clone_weight_layer
 from .models import passport_layers, replace_module
 
 __all__ = ["Vault", "VaultError", "atomic_torch_save", "state_sha256"]
@@ -102,6 +102,9 @@ class Vault:
             if layer.norm1 is not None:
                 for k, v in layer.norm1.state_dict().items():
                     tensors[f"norm1.{k}"] = v.detach().cpu().clone()
+            if layer.norm_kind == "none":  # the release folds these into the weights
+                tensors["gamma0"] = layer.gamma0.detach().cpu().clone()
+                tensors["beta0"] = layer.beta0.detach().cpu().clone()
             layers[name] = {
                 "tensors": tensors,
                 "config": {
@@ -111,6 +114,7 @@ class Vault:
                     "activation": layer.activation,
                     "sign_alpha": layer.sign_alpha,
                     "passport_shape": list(layer.passport_shape),
+                    "bias": layer.conv.bias is not None,
                 },
             }
         if not layers:
@@ -155,17 +159,15 @@ class Vault:
 
     def _rebuild_layer(self, name: str, unit: ConvNormAct, entry: dict) -> PassportAwareNorm:
         cfg, tensors = entry["config"], entry["tensors"]
-        if cfg["norm"] == "none":
-            raise VaultError(
-                f"layer {name!r}: re-attaching to a layer without normalisation is not "
-                "supported (its public affine is folded into the weights)"
-            )
         if unit.norm_kind != cfg["norm"]:
             raise VaultError(
                 f"layer {name!r}: the suspect uses norm {unit.norm_kind!r}, vault expects "
                 f"{cfg['norm']!r}"
             )
-        conv = copy.deepcopy(unit.conv)
+        if cfg["norm"] == "none":
+            conv = _unfold_affine(unit.conv, tensors["gamma0"], tensors["beta0"], cfg["bias"])
+        else:
+            conv = copy.deepcopy(unit.conv)
         layer = PassportAwareNorm(
             conv,
             tuple(cfg["passport_shape"]),
@@ -180,13 +182,17 @@ class Vault:
                 f"layer {name!r}: suspect has {layer.signature.numel()} channels, vault signature "
                 f"has {tensors['signature'].numel()} bits"
             )
-        layer.gamma0.copy_(unit.norm.weight)
-        layer.beta0.copy_(unit.norm.bias)
+        if cfg["norm"] == "none":
+            layer.gamma0.copy_(tensors["gamma0"])
+            layer.beta0.copy_(tensors["beta0"])
+        else:
+            layer.gamma0.copy_(unit.norm.weight)
+            layer.beta0.copy_(unit.norm.bias)
         if cfg["norm"] == "bn":
             layer.norm0.load_state_dict(
                 {k: v for k, v in unit.norm.state_dict().items() if k not in ("weight", "bias")}
             )
-        own = {k: v for k, v in tensors.items() if not k.startswith(("mlp.", "norm1."))}
+        own = {k: tensors[k] for k in _LAYER_KEYS}
         for k, v in own.items():
             getattr(layer, k).copy_(v)
         if layer.mlp is not None:
@@ -275,6 +281,29 @@ class Vault:
             public_sha256=meta["public_sha256"],
             data_stats=meta["data_stats"],
         )
+
+
+@torch.no_grad()
+def _unfold_affine(
+    folded: nn.Module, gamma0: torch.Tensor, beta0: torch.Tensor, had_bias: bool
+) -> nn.Module:
+    """Undo ``to_public`` for a layer without normalisation, with the owner's gamma0, beta0.
+
+    The release computes ``gamma0 * (W x + b) + beta0`` as one layer ``W' x + b'``; the owner
+    divides it back out so that branch 1 sees ``W`` (and branch 0 still computes ``W' x + b'``).
+    """
+    if (gamma0 == 0).any():
+        raise VaultError("the owner's gamma0 has zero entries: the folded layer cannot be unfolded")
+    g = gamma0.to(folded.weight.device)
+    layer = _clone_weight_layer(folded, with_bias=had_bias)
+    shape = (-1,) + (1,) * (folded.weight.dim() - 1)
+    layer.weight.div_(g.view(shape))
+    if had_bias:
+        bias = folded.bias if folded.bias is not None else torch.zeros_like(g)
+        layer.bias.copy_((bias - beta0.to(g.device)) / g)
+    elif folded.bias is not None:
+        layer.bias = None
+    return layer
 
 
 def _sub(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

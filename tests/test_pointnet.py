@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from pnorm.layers import ConvNormAct, PassportAwareNorm
-from pnorm.models import export_public, passport_layers, total_sign_loss
+from pnorm.models import build_model, export_public, passport_layers, total_sign_loss
 from pnorm.passport import key_model
 from pnorm.pointnet import (
     POINTNET_LAYERS,
@@ -37,7 +37,7 @@ def _clouds(n: int = 12, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _rebuild(config: dict) -> PointNetCls:
-    return PointNetCls(**{k: v for k, v in config.items() if k != "arch"})
+    return build_model(config)
 
 
 def test_full_width_matches_the_spec_table() -> None:
@@ -210,7 +210,7 @@ def test_public_export_holds_no_secret_and_equals_branch0(scheme: str, faithful:
 
 @pytest.mark.parametrize(("scheme", "faithful"), VARIANTS)
 def test_vault_round_trip_reproduces_branch1(tmp_path, scheme: str, faithful: bool) -> None:
-    layers = ["convp1", "convp2", "convp3", "p1", "p2"]  # p3: see the next test
+    layers = ["convp1", "convp2", "convp3", "p1", "p2"]  # p3 (no norm): see the next test
     model = _trained_a_little(scheme, faithful, passport_layers=layers)
     path = Vault.from_model(model, seeds={"model": 3}).save(tmp_path / "v.pt")
     public = export_public(model)
@@ -222,12 +222,20 @@ def test_vault_round_trip_reproduces_branch1(tmp_path, scheme: str, faithful: bo
     assert protected.config == model.config
 
 
-def test_vault_cannot_reattach_the_unnormalised_last_layer() -> None:
-    """The public export folds p3's γ0/β0 into its weights, which Vault.attach refuses (for now)."""
+def test_vault_reattaches_the_unnormalised_last_layer(tmp_path) -> None:
+    """p3 has no norm: the release folds its gamma0/beta0 into the weights; the vault unfolds."""
     model = _trained_a_little("pan")
-    vault = Vault.from_model(model)
-    with pytest.raises(VaultError, match="without normalisation"):
-        vault.attach(export_public(model))
+    assert "p3" in passport_layers(model) and model.p3.norm_kind == "none"
+    path = Vault.from_model(model).save(tmp_path / "v.pt")
+    protected = Vault.load(path).attach(export_public(model)).eval()
+    x, _ = _clouds(6, seed=9)
+    torch.testing.assert_close(protected(x, 1), model(x, 1), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(protected(x, 0), model(x, 0), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(protected.p3.conv.weight, model.p3.conv.weight)
+    zero = Vault.from_model(model)
+    zero.layers["p3"]["tensors"]["gamma0"][0] = 0.0
+    with pytest.raises(VaultError, match="zero entries"):
+        zero.attach(export_public(model))
 
 
 def test_branch0_never_touches_the_passport_mlps() -> None:
@@ -240,3 +248,10 @@ def test_branch0_never_touches_the_passport_mlps() -> None:
     logits, trans = model(x, 1, return_transform=True)
     pointnet_loss(logits, y, trans, faithful=False).backward()
     assert model.p1.mlp[0].weight.grad.abs().sum() > 0 and model.convp2.gamma0.grad is None
+
+
+def test_build_model_rebuilds_a_pointnet_from_its_config() -> None:
+    model = _keyed("pan")
+    rebuilt = build_model(model.config, seed=0)
+    assert type(rebuilt) is type(model) and rebuilt.config == model.config
+    assert list(passport_layers(rebuilt)) == list(passport_layers(model))

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.utils import prune
+from tqdm.auto import tqdm
 
 from .data import ImageData, ImageSplits
 from .layers import PassportAwareNorm
@@ -82,13 +83,12 @@ def _head(model: nn.Module) -> nn.Linear:
     return head
 
 
-def _with_head(model: nn.Module, head: nn.Linear) -> nn.Module:
-    """A copy of ``model`` whose classifier is (a copy of) ``head``."""
-    out = copy.deepcopy(model)
-    out.classifier = copy.deepcopy(head).to(_head(model).weight.device)
-    if hasattr(out, "config"):
-        out.config = {**out.config, "num_classes": head.out_features}
-    return out
+def _set_head(model: nn.Module, head: nn.Linear) -> nn.Module:
+    """Give ``model`` (in place) a copy of ``head`` as its classifier; returns ``model``."""
+    model.classifier = copy.deepcopy(head).to(_head(model).weight.device)
+    if hasattr(model, "config"):
+        model.config = {**model.config, "num_classes": head.out_features}
+    return model
 
 
 def _owner_measures(
@@ -96,7 +96,7 @@ def _owner_measures(
     mean, std, device, batch_size: int,
 ) -> dict:
     """Detection (and trigger accuracy with the owner's old head) on a suspect's features."""
-    protected = vault.attach(_with_head(features, old_head)).to(device)
+    protected = _set_head(vault.attach(features), old_head).to(device)  # attach copies
     det = signature_detection(protected)
     out = {"detection": det["pooled"], "matches": det["matches"], "bits": det["bits"],
            "log10_p": binomial_tail(det["matches"], det["bits"])}
@@ -133,7 +133,7 @@ def fine_tune(
     nn.init.kaiming_uniform_(new_head.weight, a=5**0.5, generator=g)
     bound = 1 / old_head.in_features**0.5
     nn.init.uniform_(new_head.bias, -bound, bound, generator=g)
-    attacker = _with_head(attacker, new_head)
+    attacker = _set_head(attacker, new_head)
 
     trigger = None
     if vault.trigger_images is not None:
@@ -244,8 +244,6 @@ def pruning_sweep(
     ``clean`` prunes the public model and re-attaches the vault; ``faithful`` prunes the
     owner's protected model in place of it (PAN_SPEC §5b). One record per ratio.
     """
-    from tqdm.auto import tqdm
-
     if not any(isinstance(m, PassportAwareNorm) for m in protected.modules()):
         raise ValueError("`protected` must be the owner's model with its passport layers")
     target = protected if PRUNE_PRESETS[preset]["target"] == "protected" else public

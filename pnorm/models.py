@@ -22,11 +22,14 @@ Scheme = Literal["plain", "pan", "deepipr"]
 __all__ = [
     "ALEXNET_LAYERS",
     "AlexNetCIFAR",
+    "branch_for",
     "build_model",
     "export_public",
     "init_weights",
+    "make_unit",
     "passport_layers",
     "replace_module",
+    "resolve_units",
     "total_sign_loss",
     "unit_layers",
 ]
@@ -37,7 +40,7 @@ _ALEXNET_KERNELS = (5, 5, 3, 3, 3)
 ALEXNET_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
 # scheme -> (norm of every unit, MLP in passport layers, shared statistics between branches)
-_SCHEMES: dict[str, tuple[NormKind, bool, bool]] = {
+_SCHEMES: dict[str, tuple[NormKind, bool, bool | None]] = {
     "plain": ("bn", False, False),
     "pan": ("bn", True, False),
     "deepipr": ("gn", False, True),
@@ -68,6 +71,64 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
+
+
+def resolve_units(
+    arch: str,
+    layer_names: Iterable[str],
+    scheme: str,
+    passport_layers: Iterable[str] | None,
+    num_classes: int,
+    width: float,
+    schemes: dict[str, tuple[NormKind, bool, bool | None]] = _SCHEMES,
+) -> tuple[NormKind, bool, bool | None, set[str]]:
+    """Check the arguments every model shares and resolve its passport map.
+
+    Returns the scheme's (default norm, MLP flag, shared statistics) and the set of units that
+    carry passports (none for ``plain``); ``arch`` names the model in error messages.
+    """
+    if scheme not in schemes:
+        raise ValueError(f"scheme must be one of {sorted(schemes)}, got {scheme!r}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    if width <= 0:
+        raise ValueError(f"width must be positive, got {width}")
+    names = tuple(layer_names)
+    chosen = set() if scheme == "plain" else set(
+        names if passport_layers is None else passport_layers)
+    unknown = chosen - set(names)
+    if unknown:
+        raise ValueError(
+            f"unknown layer(s) {sorted(unknown)} in the passport map; {arch} has {list(names)}"
+        )
+    return (*schemes[scheme], chosen)
+
+
+def make_unit(
+    weight_layer: nn.Module,
+    passport_shape: tuple[int, ...],
+    passport: bool,
+    norm: NormKind,
+    mlp: bool,
+    shared: bool,
+    activation: bool = True,
+) -> nn.Module:
+    """A passport layer when ``passport`` is true, else a plain conv/linear-norm(-ReLU) unit."""
+    if passport:
+        return PassportAwareNorm(weight_layer, passport_shape, norm=norm, mlp=mlp,
+                                 shared_stats=shared, activation=activation)
+    return ConvNormAct(weight_layer, norm=norm, activation=activation)
+
+
+def branch_for(model: nn.Module, branch: Branch) -> Branch:
+    """Validate ``branch`` for ``model``: any passport branch needs passport layers."""
+    branch = check_branch(branch)
+    if branch != 0 and not passport_layers(model):
+        raise ValueError(
+            "this model has no passport layers (a public export?): attach the owner's "
+            "vault with Vault.attach(model) before asking for branch 1"
+        )
+    return branch
 
 
 @torch.no_grad()
@@ -114,23 +175,9 @@ class AlexNetCIFAR(nn.Module):
         seed: int = 0,
     ):
         super().__init__()
-        if scheme not in _SCHEMES:
-            raise ValueError(f"scheme must be one of {sorted(_SCHEMES)}, got {scheme!r}")
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-        if width <= 0:
-            raise ValueError(f"width must be positive, got {width}")
-        default_norm, mlp, shared = _SCHEMES[scheme]
+        default_norm, mlp, shared, chosen = resolve_units(
+            "AlexNetCIFAR", ALEXNET_LAYERS, scheme, passport_layers, num_classes, width)
         norm = norm or default_norm
-        chosen = set(ALEXNET_LAYERS if passport_layers is None else passport_layers)
-        if scheme == "plain":
-            chosen = set()
-        unknown = chosen - set(ALEXNET_LAYERS)
-        if unknown:
-            raise ValueError(
-                f"unknown layer(s) {sorted(unknown)} in the passport map; "
-                f"AlexNetCIFAR has {list(ALEXNET_LAYERS)}"
-            )
         self.config: dict[str, Any] = {
             "arch": "alexnet",
             "num_classes": num_classes,
@@ -146,24 +193,14 @@ class AlexNetCIFAR(nn.Module):
         specs = zip(ALEXNET_LAYERS, channels, _ALEXNET_KERNELS, sizes, strict=True)
         for name, c_out, k, size in specs:
             conv = nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=False)
-            if name in chosen:
-                unit: nn.Module = PassportAwareNorm(
-                    conv, (1, c_in, size, size), norm=norm, mlp=mlp, shared_stats=shared
-                )
-            else:
-                unit = ConvNormAct(conv, norm=norm)
-            setattr(self, name, unit)
+            setattr(self, name, make_unit(conv, (1, c_in, size, size), name in chosen, norm,
+                                          mlp, shared))
             c_in = c_out
         self.classifier = nn.Linear(channels[-1] * (image_size // 8) ** 2, num_classes)
         init_weights(self, torch.Generator().manual_seed(seed))
 
     def forward(self, x: torch.Tensor, branch: Branch = 0):
-        branch = check_branch(branch)
-        if branch != 0 and not passport_layers(self):
-            raise ValueError(
-                "this model has no passport layers (a public export?): attach the owner's "
-                "vault with Vault.attach(model) before asking for branch 1"
-            )
+        branch = branch_for(self, branch)
         if branch == "both":
             x = torch.cat([x, x])
         x = F.max_pool2d(self.conv1(x, branch), 2)

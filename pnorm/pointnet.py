@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import Branch, ConvNormAct, NormKind, PassportAwareNorm, WeightLayer, check_branch
-from .models import Scheme, init_weights, passport_layers
+from .layers import Branch, ConvNormAct, NormKind, WeightLayer
+from .models import Scheme, branch_for, init_weights, make_unit, resolve_units
 
 __all__ = [
     "FEATURE_TRANSFORM_WEIGHT",
@@ -115,23 +115,12 @@ class PointNetCls(nn.Module):
         seed: int = 0,
     ):
         super().__init__()
-        if scheme not in _SCHEMES:
-            raise ValueError(f"scheme must be one of {sorted(_SCHEMES)}, got {scheme!r}")
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-        if width <= 0:
-            raise ValueError(f"width must be positive, got {width}")
+        default_norm, mlp, shared, chosen = resolve_units(
+            "PointNetCls", POINTNET_LAYERS, scheme, passport_layers, num_classes, width, _SCHEMES)
         if num_points < 1:
             raise ValueError(f"num_points must be positive, got {num_points}")
-        default_norm, mlp, shared = _SCHEMES[scheme]
         norm = norm or default_norm
         shared = bool(faithful) if shared is None else shared
-        chosen = set() if scheme == "plain" else set(
-            POINTNET_LAYERS if passport_layers is None else passport_layers)
-        unknown = chosen - set(POINTNET_LAYERS)
-        if unknown:
-            raise ValueError(f"unknown layer(s) {sorted(unknown)} in the passport map; "
-                             f"PointNetCls has {list(POINTNET_LAYERS)}")
         self.config: dict[str, Any] = {
             "arch": "pointnet", "num_classes": num_classes, "width": width, "scheme": scheme,
             "passport_layers": sorted(chosen), "norm": norm, "num_points": num_points,
@@ -150,11 +139,7 @@ class PointNetCls(nn.Module):
             ("p3", nn.Linear(c[4], num_classes), (1, c[4]), "none", False),
         ]
         for name, layer, shape, unit_norm, act in specs:
-            if name in chosen:
-                unit: nn.Module = PassportAwareNorm(layer, shape, norm=unit_norm, mlp=mlp,
-                                                    shared_stats=shared, activation=act)
-            else:
-                unit = ConvNormAct(layer, norm=unit_norm, activation=act)
+            unit = make_unit(layer, shape, name in chosen, unit_norm, mlp, shared, act)
             setattr(self, name, unit)
         self.dropout = nn.Dropout(dropout)
         init_weights(self, torch.Generator().manual_seed(seed))
@@ -174,12 +159,7 @@ class PointNetCls(nn.Module):
         Dropout (before ``p3``) draws from the global torch RNG: seed it (or use
         ``torch.random.fork_rng``) around training steps for reproducible runs.
         """
-        branch = check_branch(branch)
-        if branch != 0 and not passport_layers(self):
-            raise ValueError(
-                "this model has no passport layers (a public export?): attach the owner's "
-                "vault with Vault.attach(model) before asking for branch 1"
-            )
+        branch = branch_for(self, branch)
         if x.dim() != 3 or x.shape[1] != 3:
             raise ValueError(f"points must be B×3×P (xyz channels first), got {tuple(x.shape)}")
         if branch == "both":

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import Branch, ConvNormAct, NormKind, PassportAwareNorm, check_branch
-from .models import _SCHEMES, Scheme, init_weights, passport_layers
+from .layers import Branch, NormKind
+from .models import Scheme, branch_for, init_weights, make_unit, resolve_units
 
 Variant = Literal["faithful", "standard"]
 
@@ -63,12 +63,7 @@ def _unit(
 ) -> nn.Module:
     """One conv unit: a passport layer if ``name`` is in the map, else a plain conv-BN(-ReLU)."""
     conv = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False)
-    if name in chosen:
-        return PassportAwareNorm(
-            conv, (1, c_in, size, size), norm=norm, mlp=mlp, shared_stats=shared,
-            activation=activation,
-        )
-    return ConvNormAct(conv, norm=norm, activation=activation)
+    return make_unit(conv, (1, c_in, size, size), name in chosen, norm, mlp, shared, activation)
 
 
 class BasicBlock(nn.Module):
@@ -110,27 +105,13 @@ class ResNet18CIFAR(nn.Module):
         seed: int = 0,
     ):
         super().__init__()
-        if scheme not in _SCHEMES:
-            raise ValueError(f"scheme must be one of {sorted(_SCHEMES)}, got {scheme!r}")
         if variant not in ("faithful", "standard"):
             raise ValueError(f"variant must be 'faithful' or 'standard', got {variant!r}")
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-        if width <= 0:
-            raise ValueError(f"width must be positive, got {width}")
         if image_size % 8:
             raise ValueError(f"image_size must be a multiple of 8, got {image_size}")
-        default_norm, mlp, shared = _SCHEMES[scheme]
+        default_norm, mlp, shared, chosen = resolve_units(
+            "ResNet18CIFAR", RESNET18_LAYERS, scheme, passport_layers, num_classes, width)
         norm = norm or default_norm
-        chosen = set(RESNET18_LAYERS if passport_layers is None else passport_layers)
-        if scheme == "plain":
-            chosen = set()
-        unknown = chosen - set(RESNET18_LAYERS)
-        if unknown:
-            raise ValueError(
-                f"unknown layer(s) {sorted(unknown)} in the passport map; ResNet18CIFAR has "
-                f"{list(RESNET18_LAYERS)}"
-            )
         self.config: dict[str, Any] = {
             "arch": "resnet18",
             "num_classes": num_classes,
@@ -167,12 +148,7 @@ class ResNet18CIFAR(nn.Module):
         init_weights(self, torch.Generator().manual_seed(seed))
 
     def forward(self, x: torch.Tensor, branch: Branch = 0):
-        branch = check_branch(branch)
-        if branch != 0 and not passport_layers(self):
-            raise ValueError(
-                "this model has no passport layers (a public export?): attach the owner's "
-                "vault with Vault.attach(model) before asking for branch 1"
-            )
+        branch = branch_for(self, branch)
         if branch == "both":
             x = torch.cat([x, x])
         x = self.stem(x, branch)

@@ -100,3 +100,26 @@ def trained_pan():
                              data_stats={"mean": list(splits.mean), "std": list(splits.std)})
     return {"model": model, "vault": vault, "splits": splits, "trigger": trigger,
             "history": result.history}
+
+
+def linear_probe_accuracy(features, labels, n_train: int, l2: float) -> float:
+    """Test accuracy of an L2-regularised linear classifier (LBFGS) on standardised features.
+
+    The first ``n_train`` rows train it, the rest test it: a quick, untuned measure of how
+    learnable a synthetic task is from fixed features.
+    """
+    import torch
+
+    f = (features - features[:n_train].mean(0)) / (features[:n_train].std(0) + 1e-6)
+    w = torch.zeros(f.shape[1], int(labels.max()) + 1, requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=60)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(f[:n_train] @ w, labels[:n_train])
+        loss = loss + l2 * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return ((f[n_train:] @ w).argmax(1) == labels[n_train:]).float().mean().item()

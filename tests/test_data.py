@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF
+from conftest import linear_probe_accuracy
 from PIL import Image
 from torchvision import datasets
 from torchvision.datasets import utils as tv_utils
@@ -122,20 +123,7 @@ def test_synthetic_tasks_are_learnable_but_not_trivial(task: str) -> None:
     # A linear model on translation-invariant spectrum features, 1,500 train / 500 test images.
     # Not tuned to pass: it only checks "clearly above chance (10 %), below perfect".
     d = synthetic_images(2000, seed=11, task=task)
-    f = _spectrum_features(d.images)
-    f = (f - f[:1500].mean(0)) / (f[:1500].std(0) + 1e-6)
-    w = torch.zeros(f.shape[1], 10, requires_grad=True)
-    opt = torch.optim.LBFGS([w], max_iter=60)
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(f[:1500] @ w, d.labels[:1500])
-        loss = loss + 0.05 * w.pow(2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    acc = ((f[1500:] @ w).argmax(1) == d.labels[1500:]).float().mean().item()
+    acc = linear_probe_accuracy(_spectrum_features(d.images), d.labels, 1500, l2=0.05)
     print(f"{task}: linear spectrum model test accuracy {acc:.3f}")
     assert 0.2 < acc < 1.0
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import linear_probe_accuracy
 
 from pnorm import pointdata
 from pnorm.data import DataNotFoundError
@@ -287,20 +288,7 @@ def _invariant_features(points: torch.Tensor) -> torch.Tensor:
 def test_synthetic_points_are_learnable_but_not_trivial(task: str) -> None:
     # A linear model on pose-invariant distance histograms, 1,500 train / 500 test clouds.
     d = synthetic_points(2000, 128, seed=11, task=task)
-    f = _invariant_features(d.points)
-    f = (f - f[:1500].mean(0)) / (f[:1500].std(0) + 1e-6)
-    w = torch.zeros(f.shape[1], 10, requires_grad=True)
-    opt = torch.optim.LBFGS([w], max_iter=60)
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(f[:1500] @ w, d.labels[:1500])
-        loss = loss + 0.01 * w.pow(2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    acc = ((f[1500:] @ w).argmax(1) == d.labels[1500:]).float().mean().item()
+    acc = linear_probe_accuracy(_invariant_features(d.points), d.labels, 1500, l2=0.01)
     print(f"{task}: linear histogram model test accuracy {acc:.3f}")
     assert 0.3 < acc < 0.99
 

@@ -17,8 +17,10 @@ from torch import nn
 from torch.nn.utils import prune
 from tqdm.auto import tqdm
 
-from .data import ImageData, ImageSplits
-from .layers import PassportAwareNorm
+from .batches import Data, trigger_data
+from .data import ImageSplits
+from .layers import ConvNormAct, PassportAwareNorm
+from .pointdata import PointSplits
 from .train import TrainConfig, train
 from .vault import Vault
 from .verify import binomial_tail, evaluate, signature_detection
@@ -43,16 +45,19 @@ _NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm)
 class FineTuneConfig:
     """The attacker's transfer-learning recipe (PAN_SPEC §5a): new head, all layers trained.
 
-    Defaults are the original's (SGD lr 1e-3, batch 64, no triggers, 200 epochs with the
-    default step schedule); chapters scale ``epochs``/``lr`` to their profile and say so.
+    Defaults are the original's image recipe (SGD lr 1e-3, batch 64, no triggers, 200 epochs
+    with the default step schedule); its 3-D recipe is Adam 1e-3, weight decay 1e-4, ×0.7
+    every 20 epochs, batch 16. Chapters scale ``epochs``/``lr`` to their profile and say so.
     """
 
     epochs: int = 200
     lr: float = 0.001
+    optimizer: str = "sgd"  # "sgd" or "adam"
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 64
     milestones: tuple[int, ...] = (100, 150)
+    lr_gamma: float = 0.1
     augment: bool = True
     # The original's clone never received the passport layers' BN running statistics (they
     # were saved as ``bn0.*`` and loaded non-strictly as ``bn.*``, PAN_SPEC §8.9).
@@ -74,30 +79,57 @@ def finetune_config(preset: str, **overrides: Any) -> FineTuneConfig:
     return replace(FineTuneConfig(**FINETUNE_PRESETS[preset]), **overrides)
 
 
-def _head(model: nn.Module) -> nn.Linear:
-    head = getattr(model, "classifier", None)
-    if not isinstance(head, nn.Linear):
-        raise TypeError(
-            f"{type(model).__name__} has no `classifier` nn.Linear head to re-initialise"
-        )
-    return head
+def _head_name(model: nn.Module) -> str:
+    """The classifier's attribute name: ``model.head_name`` (PointNet: "p3"), else "classifier"."""
+    return getattr(model, "head_name", "classifier")
 
 
-def _set_head(model: nn.Module, head: nn.Linear) -> nn.Module:
+def _head_linear(head: nn.Module) -> nn.Linear:
+    linear = head.conv if isinstance(head, ConvNormAct) else head
+    if not isinstance(linear, nn.Linear):
+        raise TypeError(f"the head must be an nn.Linear (or a unit around one), got {head}")
+    return linear
+
+
+def _fresh_head(old: nn.Module, num_classes: int, g: torch.Generator) -> nn.Module:
+    """A newly initialised head of the old head's form (PyTorch's default Linear init)."""
+    in_features = _head_linear(old).in_features
+    linear = nn.Linear(in_features, num_classes)
+    nn.init.kaiming_uniform_(linear.weight, a=5**0.5, generator=g)
+    bound = 1 / in_features**0.5
+    nn.init.uniform_(linear.bias, -bound, bound, generator=g)
+    return ConvNormAct(linear, "none", activation=False) if isinstance(old, ConvNormAct) \
+        else linear
+
+
+def _set_head(model: nn.Module, head: nn.Module) -> nn.Module:
     """Give ``model`` (in place) a copy of ``head`` as its classifier; returns ``model``."""
-    model.classifier = copy.deepcopy(head).to(_head(model).weight.device)
+    name = _head_name(model)
+    device = _head_linear(model.get_submodule(name)).weight.device
+    setattr(model, name, copy.deepcopy(head).to(device))
     if hasattr(model, "config"):
-        model.config = {**model.config, "num_classes": head.out_features}
+        model.config = {**model.config, "num_classes": _head_linear(head).out_features}
     return model
 
 
 def _owner_measures(
-    features: nn.Module, old_head: nn.Linear, vault: Vault, trigger: ImageData | None,
+    features: nn.Module, old_head: nn.Module, vault: Vault, trigger: Data | None,
     mean, std, device, batch_size: int,
 ) -> dict:
-    """Detection (and trigger accuracy with the owner's old head) on a suspect's features."""
-    protected = _set_head(vault.attach(features), old_head).to(device)  # attach copies
-    det = signature_detection(protected)
+    """Detection (and trigger accuracy with the owner's old head) on a suspect's features.
+
+    A passport layer that is the replaced head (PointNet's p3) is left out of the detection:
+    the attacker's new head has nothing of the old one in it.
+    """
+    name = _head_name(features)
+    new_head = features.get_submodule(name)
+    setattr(features, name, old_head)  # only while the vault copies the model
+    try:
+        protected = vault.attach(features).to(device)
+    finally:
+        setattr(features, name, new_head)
+    kept = [n for n in vault.layers if n != name]
+    det = signature_detection(protected, layers=kept)
     out = {"detection": det["pooled"], "matches": det["matches"], "bits": det["bits"],
            "log10_p": binomial_tail(det["matches"], det["bits"])}
     if trigger is not None:
@@ -108,7 +140,7 @@ def _owner_measures(
 def fine_tune(
     public: nn.Module,
     vault: Vault,
-    new_task: ImageSplits,
+    new_task: ImageSplits | PointSplits,
     config: FineTuneConfig,
     device: str | torch.device = "cpu",
     progress: bool = True,
@@ -121,7 +153,8 @@ def fine_tune(
     attacker's features and reads the signature; the trigger set is scored with the owner's
     original head (as the original code does). Returns the attacked model and the records.
     """
-    old_head = copy.deepcopy(_head(public)).cpu()
+    head_name = _head_name(public)
+    old_head = copy.deepcopy(public.get_submodule(head_name)).cpu()
     attacker = copy.deepcopy(public).cpu()
     if config.reset_bn_stats:
         for name in vault.layers:
@@ -129,20 +162,13 @@ def fine_tune(
             if isinstance(norm, nn.modules.batchnorm._BatchNorm):
                 norm.reset_running_stats()
     g = torch.Generator().manual_seed(config.seed)
-    new_head = nn.Linear(old_head.in_features, new_task.num_classes)
-    nn.init.kaiming_uniform_(new_head.weight, a=5**0.5, generator=g)
-    bound = 1 / old_head.in_features**0.5
-    nn.init.uniform_(new_head.bias, -bound, bound, generator=g)
-    attacker = _set_head(attacker, new_head)
-
-    trigger = None
-    if vault.trigger_images is not None:
-        trigger = ImageData(vault.trigger_images, vault.trigger_labels, [], "trigger")
+    attacker = _set_head(attacker, _fresh_head(old_head, new_task.num_classes, g))
+    trigger = trigger_data(vault)
     stats = vault.data_stats or {}
     mean, std = stats.get("mean", new_task.mean), stats.get("std", new_task.std)
     batch = config.eval_batch_size
     released = {n: public.get_submodule(n).conv.weight.detach().cpu().clone()
-                for n in vault.layers}
+                for n in vault.layers if n != head_name}
     scale = sum(w.pow(2).sum() for w in released.values()).sqrt()
 
     def measure(model: nn.Module, record: dict | None) -> dict:
@@ -157,8 +183,9 @@ def fine_tune(
     first = {"epoch": -1, **measure(attacker.to(device), None)}
     recipe = TrainConfig(
         epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
-        momentum=config.momentum, weight_decay=config.weight_decay,
-        milestones=config.milestones, triggers_per_batch=0, select="last",
+        optimizer=config.optimizer, momentum=config.momentum, weight_decay=config.weight_decay,
+        milestones=config.milestones, lr_gamma=config.lr_gamma, triggers_per_batch=0,
+        select="last",
         augment=config.augment, seed=config.seed, eval_batch_size=batch,
     )
     result = train(attacker, new_task, recipe, None, device, progress=progress, desc=desc,
@@ -230,7 +257,7 @@ def pruning_sweep(
     protected: nn.Module,
     public: nn.Module,
     vault: Vault,
-    test: ImageData,
+    test: Data,
     mean,
     std,
     ratios: Sequence[float] = tuple(i / 10 for i in range(11)),
@@ -247,9 +274,7 @@ def pruning_sweep(
     if not any(isinstance(m, PassportAwareNorm) for m in protected.modules()):
         raise ValueError("`protected` must be the owner's model with its passport layers")
     target = protected if PRUNE_PRESETS[preset]["target"] == "protected" else public
-    trigger = None
-    if vault.trigger_images is not None:
-        trigger = ImageData(vault.trigger_images, vault.trigger_labels, [], "trigger")
+    trigger = trigger_data(vault)
     records = []
     for ratio in tqdm(ratios, desc=f"pruning ({preset})", disable=not progress):
         pruned, info = prune_model(target, ratio, preset)

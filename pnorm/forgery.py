@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import ImageData, augment_crop_flip, normalize
+from .batches import Data, augment_batch, model_inputs, raw_inputs
 from .models import passport_layers
 from .vault import Vault
 from .verify import Thresholds, binomial_tail, evaluate, signature_detection
@@ -267,7 +267,7 @@ def _loss(model: nn.Module, x, y, threat: ThreatModel, true: dict) -> torch.Tens
 
 
 @torch.no_grad()
-def _measure(model, vault: Vault, true: dict, test: ImageData, mean, std, device,
+def _measure(model, vault: Vault, true: dict, test: Data, mean, std, device,
              batch_size: int) -> dict:
     acc = evaluate(model, test, mean, std, 1, batch_size, device)
     claimed = signature_detection(model)  # against the layers' signature = the claimed one
@@ -293,8 +293,8 @@ def _measure(model, vault: Vault, true: dict, test: ImageData, mean, std, device
 def forge_passports(
     public: nn.Module,
     vault: Vault,
-    attacker_data: ImageData,
-    test: ImageData,
+    attacker_data: Data,
+    test: Data,
     mean,
     std,
     threat: ThreatModel,
@@ -329,7 +329,7 @@ def forge_passports(
         opt = torch.optim.Adam(params, lr=threat.lr, weight_decay=threat.weight_decay)
     n = max(1, int(round(threat.data_fraction * len(attacker_data))))
     chosen = torch.randperm(len(attacker_data), generator=g)[:n]
-    images = attacker_data.images[chosen].to(device)
+    samples = raw_inputs(attacker_data)[chosen].to(device)
     labels = attacker_data.labels[chosen].to(device)
     flags = asdict(threat)
     records = [{"epoch": 0, **flags, **_measure(model, vault, true, test, mean, std, device,
@@ -340,8 +340,8 @@ def forge_passports(
         order = torch.randperm(n, generator=g).to(device)
         for i in range(0, n - bs + 1, bs):
             idx = order[i : i + bs]
-            x = augment_crop_flip(images[idx], g) if threat.augment else images[idx]
-            loss = _loss(model, normalize(x, mean, std), labels[idx], threat, true)
+            x = augment_batch(samples[idx], g) if threat.augment else samples[idx]
+            loss = _loss(model, model_inputs(x, mean, std), labels[idx], threat, true)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if threat.grad_clip:

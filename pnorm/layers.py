@@ -21,6 +21,7 @@ WeightLayer = nn.Conv2d | nn.Conv1d | nn.Linear
 
 __all__ = [
     "Branch",
+    "BranchNormUnit",
     "ConvNormAct",
     "PassportAwareNorm",
     "check_branch",
@@ -110,6 +111,52 @@ class ConvNormAct(nn.Sequential):
         else:
             z = self.norm(z)
         return self.act(z)
+
+
+class BranchNormUnit(nn.Module):
+    """A ``conv -> norm -> act`` unit without passports but with a private branch-1 normaliser.
+
+    A plain unit that follows a passport layer sees different activations in the two branches;
+    one shared BatchNorm would average their running statistics and break branch 1 in eval
+    mode. So branch 1 gets its own affine BatchNorm (the original PointNet's per-branch BN in
+    the T-Nets, PAN_SPEC §6.3). The release keeps ``norm``; the vault keeps ``norm1``.
+    """
+
+    def __init__(self, weight_layer: WeightLayer, activation: bool = True):
+        super().__init__()
+        channels = _weight_out_features(weight_layer)
+        ndim = 2 if isinstance(weight_layer, nn.Linear) else weight_layer.weight.dim()
+        self.conv = weight_layer
+        self.norm = _make_norm("bn", channels, ndim, affine=True)
+        self.norm1 = _make_norm("bn", channels, ndim, affine=True)
+        self.act = nn.ReLU() if activation else nn.Identity()
+        self.norm_kind: NormKind = "bn"
+
+    def forward(self, x: torch.Tensor, branch: Branch = 0) -> torch.Tensor:
+        z = self.conv(x)
+        branch = check_branch(branch)
+        if branch == "both":
+            z = _batch_norm_halves(z, (self.norm, self.norm1))
+        else:
+            z = (self.norm1 if branch == 1 else self.norm)(z)
+        return self.act(z)
+
+    def to_public(self) -> ConvNormAct:
+        """The deployable unit: the conv, branch 0's normaliser and the activation (copies)."""
+        unit = ConvNormAct(_clone_weight_layer(self.conv, with_bias=False), "bn",
+                           activation=isinstance(self.act, nn.ReLU))
+        unit.norm.load_state_dict(self.norm.state_dict())
+        return unit.to(self.conv.weight.device)
+
+    @classmethod
+    def from_public(cls, unit: ConvNormAct, norm1_state: dict[str, torch.Tensor]
+                    ) -> BranchNormUnit:
+        """Re-attach a private branch-1 normaliser to a released ``unit`` (copies)."""
+        new = cls(_clone_weight_layer(unit.conv, with_bias=False),
+                  activation=isinstance(unit.act, nn.ReLU))
+        new.norm.load_state_dict(unit.norm.state_dict())
+        new.norm1.load_state_dict(norm1_state)
+        return new.to(unit.conv.weight.device)
 
 
 class PassportAwareNorm(nn.Module):

@@ -15,7 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import Branch, ConvNormAct, NormKind, PassportAwareNorm, check_branch
+from .layers import (
+    Branch,
+    BranchNormUnit,
+    ConvNormAct,
+    NormKind,
+    PassportAwareNorm,
+    check_branch,
+)
 
 Scheme = Literal["plain", "pan", "deepipr"]
 
@@ -112,11 +119,18 @@ def make_unit(
     mlp: bool,
     shared: bool,
     activation: bool = True,
+    after_passport: bool = False,
 ) -> nn.Module:
-    """A passport layer when ``passport`` is true, else a plain conv/linear-norm(-ReLU) unit."""
+    """A passport layer when ``passport`` is true, else a plain conv/linear-norm(-ReLU) unit.
+
+    A plain BatchNorm unit ``after_passport`` (downstream of a passport layer) gets a private
+    branch-1 normaliser, since its two branches see different activations (``BranchNormUnit``).
+    """
     if passport:
         return PassportAwareNorm(weight_layer, passport_shape, norm=norm, mlp=mlp,
                                  shared_stats=shared, activation=activation)
+    if after_passport and norm == "bn":
+        return BranchNormUnit(weight_layer, activation=activation)
     return ConvNormAct(weight_layer, norm=norm, activation=activation)
 
 
@@ -241,11 +255,13 @@ def build_model(config: dict[str, Any], seed: int = 0) -> nn.Module:
 def export_public(model: nn.Module) -> nn.Module:
     """The deployable network: every passport layer folded to conv -> affine norm -> act.
 
-    The result holds no passport, signature, MLP or branch-1 statistics (PAN_SPEC §1.5); in
+    The result holds no passport, signature, MLP or branch-1 normaliser (PAN_SPEC §1.5); in
     eval mode its outputs equal branch 0 of ``model``.
     """
     public = copy.deepcopy(model)
-    for name, layer in passport_layers(public).items():
+    private = [(n, m) for n, m in public.named_modules()
+               if isinstance(m, (PassportAwareNorm, BranchNormUnit))]
+    for name, layer in private:
         replace_module(public, name, layer.to_public())
     if hasattr(public, "config"):
         public.config = {**public.config, "scheme": "plain", "passport_layers": []}

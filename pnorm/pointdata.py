@@ -117,6 +117,11 @@ class PointSplits:
     num_classes: int
     source: str
 
+    # Clouds are normalised one by one (``normalize_clouds``), so there are no dataset constants;
+    # these match ``ImageSplits`` so training and evaluation code can pass them along unchanged.
+    mean = None
+    std = None
+
 
 # ------------------------------------------------------------------ normalisation, augmentation
 

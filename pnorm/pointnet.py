@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import Branch, ConvNormAct, NormKind, WeightLayer
+from .layers import Branch, NormKind, WeightLayer
 from .models import Scheme, branch_for, init_weights, make_unit, resolve_units
 
 __all__ = [
@@ -68,19 +68,25 @@ def _apply_transform(x: torch.Tensor, trans: torch.Tensor) -> torch.Tensor:
 class TNet(nn.Module):
     """Predicts a k×k transform from a B×k×P cloud: shared per-point MLP, max-pool, FC layers.
 
-    Plain (public) units: its normalisation is ordinary BN or GN with per-half statistics in a
-    batched two-branch pass. The last layer starts at zero, so the transform starts at I.
+    Its units carry no passports. ``branched`` (a T-Net after a passport layer, with BN) gives
+    each unit a private branch-1 BatchNorm, as the original's per-branch BN (PAN_SPEC §6.3).
+    The last layer starts at zero, so the transform starts at I.
     """
 
-    def __init__(self, k: int, width: float = 1.0, norm: NormKind = "bn"):
+    def __init__(self, k: int, width: float = 1.0, norm: NormKind = "bn",
+                 branched: bool = False):
         super().__init__()
         c = [_scaled(w, width) for w in _TNET_WIDTHS]
         self.k = k
-        self.conv1 = ConvNormAct(nn.Conv1d(k, c[0], 1, bias=False), norm)
-        self.conv2 = ConvNormAct(nn.Conv1d(c[0], c[1], 1, bias=False), norm)
-        self.conv3 = ConvNormAct(nn.Conv1d(c[1], c[2], 1, bias=False), norm)
-        self.fc1 = ConvNormAct(nn.Linear(c[2], c[3], bias=False), norm)
-        self.fc2 = ConvNormAct(nn.Linear(c[3], c[4], bias=False), norm)
+
+        def unit(layer: WeightLayer) -> nn.Module:
+            return make_unit(layer, (), False, norm, False, False, after_passport=branched)
+
+        self.conv1 = unit(nn.Conv1d(k, c[0], 1, bias=False))
+        self.conv2 = unit(nn.Conv1d(c[0], c[1], 1, bias=False))
+        self.conv3 = unit(nn.Conv1d(c[1], c[2], 1, bias=False))
+        self.fc1 = unit(nn.Linear(c[2], c[3], bias=False))
+        self.fc2 = unit(nn.Linear(c[3], c[4], bias=False))
         self.fc3 = nn.Linear(c[4], k * k)
 
     def reset_output(self) -> None:
@@ -101,6 +107,8 @@ class PointNetCls(nn.Module):
     ``faithful`` makes PAN passport layers share BN statistics between branches, as the
     original 3-D code; otherwise each branch keeps its own (as the image PAN layer).
     """
+
+    head_name = "p3"  # the classifier unit a transfer-learning attacker replaces
 
     def __init__(
         self,
@@ -127,8 +135,9 @@ class PointNetCls(nn.Module):
             "faithful": bool(faithful), "dropout": dropout,
         }
         c = [_scaled(w, width) for w in _MAIN_WIDTHS]
+        # The input T-Net sees the same cloud in both branches; the feature T-Net follows convp1.
         self.input_tnet = TNet(3, width, norm)
-        self.feature_tnet = TNet(c[0], width, norm)
+        self.feature_tnet = TNet(c[0], width, norm, branched="convp1" in chosen)
         # name, weight layer, passport shape, norm, activation
         specs: list[tuple[str, WeightLayer, tuple[int, ...], NormKind, bool]] = [
             ("convp1", nn.Conv1d(3, c[0], 1, bias=False), (1, 3, num_points), norm, True),
@@ -138,9 +147,10 @@ class PointNetCls(nn.Module):
             ("p2", nn.Linear(c[3], c[4]), (1, c[3]), norm, True),
             ("p3", nn.Linear(c[4], num_classes), (1, c[4]), "none", False),
         ]
-        for name, layer, shape, unit_norm, act in specs:
-            unit = make_unit(layer, shape, name in chosen, unit_norm, mlp, shared, act)
-            setattr(self, name, unit)
+        for i, (name, layer, shape, unit_norm, act) in enumerate(specs):
+            after = any(n in chosen for n, *_ in specs[:i])
+            setattr(self, name, make_unit(layer, shape, name in chosen, unit_norm, mlp, shared,
+                                          act, after_passport=after))
         self.dropout = nn.Dropout(dropout)
         init_weights(self, torch.Generator().manual_seed(seed))
         self.input_tnet.reset_output()
@@ -151,6 +161,14 @@ class PointNetCls(nn.Module):
         if branch == "both":
             return torch.cat([self.dropout(h) for h in x.chunk(2)])
         return self.dropout(x)
+
+    def transform_penalty(self, trans: torch.Tensor) -> torch.Tensor:
+        """The weighted feature-transform regulariser that training adds to each branch's loss.
+
+        Faithful models keep the original's bracket bug (``feature_transform_regularizer``).
+        """
+        return FEATURE_TRANSFORM_WEIGHT * feature_transform_regularizer(
+            trans, self.config["faithful"])
 
     def forward(self, x: torch.Tensor, branch: Branch = 0, return_transform: bool = False):
         """Logits (a pair for ``branch="both"``); with ``return_transform`` also the B×64×64

@@ -1,8 +1,9 @@
-"""Two-branch training (PAN_SPEC §3.2–§3.4) with per-epoch checkpoints and exact resume.
+"""Two-branch training (PAN_SPEC §3.2–§3.4, §6.4) with per-epoch checkpoints and exact resume.
 
-One step mixes trigger images into the clean batch and, for a protected model, adds the
+One step mixes trigger samples into the clean batch and, for a protected model, adds the
 branch-1 loss and the sign loss to the branch-0 loss. Both branches run in one batched pass by
-default; ``batched=False`` is the original two-pass structure (same numbers, tested).
+default; ``batched=False`` is the original two-pass structure (same numbers, tested). Images
+and point clouds share this loop; only the batch preparation differs.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -20,8 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import ImageData, ImageSplits, _crop_flip, normalize
+from .batches import Data, model_inputs, raw_inputs
+from .data import ImageSplits, _crop_flip, _derive_seed
 from .models import passport_layers, total_sign_loss
+from .pointdata import PointSplits, augment_points
 from .vault import atomic_torch_save
 from .verify import evaluate, signature_detection
 
@@ -41,15 +44,19 @@ Amp = Literal["bf16", "fp16", "off"]
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The training recipe. Defaults are the paper's (SGD 0.01, batch 64 + 2 triggers)."""
+    """The training recipe. Defaults are the paper's image recipe (SGD 0.01, batch 64 + 2).
+
+    The 3-D recipe (§6.4) is Adam 1e-3, weight decay 1e-4, ×0.7 every 20 epochs, batch 16.
+    """
 
     epochs: int = 200
     batch_size: int = 64
     lr: float = 0.01
-    momentum: float = 0.9
+    momentum: float = 0.9  # SGD only
     weight_decay: float = 5e-4
     milestones: tuple[int, ...] = (100, 150)
     lr_gamma: float = 0.1
+    optimizer: Literal["sgd", "adam"] = "sgd"
     triggers_per_batch: int = 2
     schedule: Schedule = "summed"  # "alternating": branch 1 only every `alternate_every` steps
     alternate_every: int = 2
@@ -148,10 +155,11 @@ def training_step(
     zero = torch.zeros((), device=x.device)
     with _autocast(config, x.device):  # a no-op unless mixed precision is on (CUDA default)
         if not use_branch1:
-            loss0, loss1 = F.cross_entropy(run(x), y), zero
+            (loss0,), loss1 = _branch_losses(model, run, x, y, 0), zero
+        elif config.batched:
+            loss0, loss1 = _branch_losses(model, run, x, y, "both")
         else:
-            out0, out1 = run(x, "both") if config.batched else (run(x, 0), run(x, 1))
-            loss0, loss1 = F.cross_entropy(out0, y), F.cross_entropy(out1, y)
+            (loss0,), (loss1,) = (_branch_losses(model, run, x, y, b) for b in (0, 1))
     # The sign loss (float32, outside autocast) holds the signature in the sign of small scales.
     use_sign = use_branch1 and config.sign_weight
     sign = config.sign_weight * total_sign_loss(model) if use_sign else zero
@@ -164,6 +172,21 @@ def training_step(
         scaler.step(optimizer)
         scaler.update()
     return {"loss0": loss0.detach(), "loss1": loss1.detach(), "sign": sign.detach()}
+
+
+def _branch_losses(model: nn.Module, run: Callable[..., object], x: torch.Tensor,
+                   y: torch.Tensor, branch) -> list[torch.Tensor]:
+    """Cross-entropy per branch, plus the model's ``transform_penalty`` where it has one.
+
+    PointNet adds its feature-transform regulariser to each branch's loss (PAN_SPEC §6.3).
+    """
+    penalty = getattr(model, "transform_penalty", None)
+    if penalty is None:
+        out = run(x, branch)
+        return [F.cross_entropy(o, y) for o in (out if branch == "both" else (out,))]
+    out, trans = run(x, branch, return_transform=True)
+    pairs = zip(out, trans, strict=True) if branch == "both" else [(out, trans)]
+    return [F.cross_entropy(o, y) + penalty(t) for o, t in pairs]
 
 
 def _autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
@@ -235,26 +258,96 @@ def _config_record(config: TrainConfig) -> dict:
     return d
 
 
+@dataclass
+class _Feed:
+    """The training set on the device: raw samples, labels, ready triggers, image constants."""
+
+    samples: torch.Tensor  # uint8 images or float32 clouds
+    labels: torch.Tensor
+    trig_x: torch.Tensor | None  # model inputs (normalised), never augmented
+    trig_y: torch.Tensor | None
+    mean: torch.Tensor | None  # images only: normalize()'s constants, made once
+    std: torch.Tensor | None
+
+
+def _feed(splits: ImageSplits | PointSplits, trigger: Data | None, config: TrainConfig,
+          device: torch.device) -> _Feed:
+    samples = raw_inputs(splits.train).to(device)
+    trig_x = trig_y = None
+    if trigger is not None and config.triggers_per_batch > 0:
+        trig_x = model_inputs(raw_inputs(trigger).to(device), splits.mean, splits.std)
+        trig_y = trigger.labels.to(device)
+    mean = std = None
+    if samples.dtype == torch.uint8:  # no per-step host-to-device copy of the constants
+        mean = torch.tensor(splits.mean, dtype=torch.float32, device=device).view(-1, 1, 1)
+        std = torch.tensor(splits.std, dtype=torch.float32, device=device).view(-1, 1, 1)
+    return _Feed(samples, splits.train.labels.to(device), trig_x, trig_y, mean, std)
+
+
+def _epoch_batches(feed: _Feed, config: TrainConfig, epoch: int, device: torch.device,
+                   channels_last: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch's (inputs, labels) batches, every random draw fixed by (seed, epoch).
+
+    Images are cropped, flipped and normalised step by step on the device; clouds are
+    augmented for the whole epoch in one call (PAN_SPEC §6.1). Triggers are appended as is.
+    """
+    g_order, g_aug = _epoch_generator(config, epoch, 0), _epoch_generator(config, epoch, 1)
+    images = feed.samples.dtype == torch.uint8
+    n_trig = 0 if feed.trig_x is None else len(feed.trig_x)
+    plan = _epoch_plan(len(feed.samples), config if images else replace(config, augment=False),
+                       n_trig, g_order, g_aug, device)
+    clouds = None
+    if not images and config.augment:
+        idx = plan["idx"]
+        clouds = augment_points(feed.samples[idx.flatten()], g_aug).view(
+            *idx.shape, *feed.samples.shape[1:])
+    for s, idx in enumerate(plan["idx"]):  # everything below stays on the device
+        if images:
+            x = feed.samples[idx]
+            if config.augment:
+                x = _crop_flip(x, plan["oy"][s], plan["ox"][s], plan["flip"][s])
+            x = (x.float() / 255.0 - feed.mean) / feed.std
+        else:
+            x = feed.samples[idx] if clouds is None else clouds[s]
+        y = feed.labels[idx]
+        if "trig" in plan:
+            t_idx = plan["trig"][s]
+            x, y = torch.cat([x, feed.trig_x[t_idx]]), torch.cat([y, feed.trig_y[t_idx]])
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        yield x, y
+
+
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr,
+                                weight_decay=config.weight_decay)
+    raise ValueError(f"optimizer must be 'sgd' or 'adam', got {config.optimizer!r}")
+
+
 def train(
     model: nn.Module,
-    splits: ImageSplits,
+    splits: ImageSplits | PointSplits,
     config: TrainConfig,
-    trigger: ImageData | None = None,
+    trigger: Data | None = None,
     device: str | torch.device = "cpu",
     checkpoint: str | Path | None = None,
     progress: bool = True,
     desc: str = "training",
     on_epoch: Callable[[nn.Module, dict], dict | None] | None = None,
 ) -> TrainResult:
-    """Train ``model`` (plain or protected) and return it with its history.
+    """Train ``model`` (plain or protected) on images or point clouds; return it with its history.
 
-    Data stays on ``device`` as uint8 tensors; augmentation runs there, and each epoch's
+    Data stays on ``device`` (images as uint8); augmentation runs there, and each epoch's
     random draws reach the device in one copy, so no step waits for the host. On CUDA the
     model runs in ``channels_last`` under autocast unless ``config`` says otherwise. After
     every epoch a checkpoint is written atomically; a rerun with the same ``checkpoint``
-    resumes from it and reproduces the uninterrupted run exactly on the CPU.
-    ``on_epoch(model, record)`` may return extra fields for the epoch's history record (e.g.
-    an owner's measurement).
+    resumes from it and reproduces the uninterrupted run exactly on the CPU (dropout draws
+    from a per-epoch seed). ``on_epoch(model, record)`` may return extra fields for the
+    epoch's history record (e.g. an owner's measurement).
     """
     device = torch.device(device)
     model.to(device)
@@ -264,10 +357,7 @@ def train(
     forward = torch.compile(model) if config.compile else None
     scaler = torch.amp.GradScaler(device.type) if amp_dtype(config, device) == torch.float16 \
         else None
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum,
-        weight_decay=config.weight_decay,
-    )
+    optimizer = _optimizer(model, config)
     history: list[dict] = []
     best = {"score": -1.0, "epoch": -1, "state": None}
     start = 0
@@ -277,15 +367,7 @@ def train(
         optimizer.load_state_dict(ckpt["optimizer"])
         history, best, start = ckpt["history"], ckpt["best"], ckpt["epoch"] + 1
 
-    images = splits.train.images.to(device)
-    labels = splits.train.labels.to(device)
-    trig_x = trig_y = None
-    if trigger is not None and config.triggers_per_batch > 0:
-        trig_x = normalize(trigger.images.to(device), splits.mean, splits.std)
-        trig_y = trigger.labels.to(device)
-    # normalize()'s arithmetic, with the constants made once (no per-step host-to-device copy).
-    mean = torch.tensor(splits.mean, dtype=torch.float32, device=device).view(-1, 1, 1)
-    std = torch.tensor(splits.std, dtype=torch.float32, device=device).view(-1, 1, 1)
+    feed = _feed(splits, trigger, config, device)
     protected = bool(passport_layers(model))
     bar = tqdm(range(start, config.epochs), desc=desc, disable=not progress,
                initial=start, total=config.epochs)
@@ -293,30 +375,21 @@ def train(
         lr = _lr_at(config, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        g_order, g_aug = _epoch_generator(config, epoch, 0), _epoch_generator(config, epoch, 1)
-        n_trig = 0 if trig_x is None else len(trig_x)
-        plan = _epoch_plan(len(images), config, n_trig, g_order, g_aug, device)
         model.train()
-        sums = {"loss0": 0.0, "loss1": 0.0, "sign": 0.0}
         totals, steps = None, 0
         t0 = time.perf_counter()
-        for steps, idx in enumerate(plan["idx"], 1):  # everything below stays on the device
-            x = images[idx]
-            if config.augment:
-                s = steps - 1
-                x = _crop_flip(x, plan["oy"][s], plan["ox"][s], plan["flip"][s])
-            x, y = (x.float() / 255.0 - mean) / std, labels[idx]
-            if "trig" in plan:
-                t_idx = plan["trig"][steps - 1]
-                x, y = torch.cat([x, trig_x[t_idx]]), torch.cat([y, trig_y[t_idx]])
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            losses = training_step(model, x, y, optimizer, config, step=steps - 1,
-                                   forward=forward, scaler=scaler)
-            totals = losses if totals is None else {k: totals[k] + v for k, v in losses.items()}
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(_derive_seed(config.seed, "dropout", str(epoch)))
+            for steps, (x, y) in enumerate(
+                    _epoch_batches(feed, config, epoch, device, channels_last), 1):
+                losses = training_step(model, x, y, optimizer, config, step=steps - 1,
+                                       forward=forward, scaler=scaler)
+                totals = losses if totals is None else {k: totals[k] + v
+                                                        for k, v in losses.items()}
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
+        sums = {"loss0": 0.0, "loss1": 0.0, "sign": 0.0}
         if totals is not None:
             sums = {k: v.item() / steps for k, v in totals.items()}
         record = {"epoch": epoch, "lr": lr, "train_seconds": seconds, **sums}

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .layers import ConvNormAct, PassportAwareNorm, _clone_weight_layer
+from .layers import BranchNormUnit, ConvNormAct, PassportAwareNorm, _clone_weight_layer
 from .models import passport_layers, replace_module
 
 __all__ = ["Vault", "VaultError", "atomic_torch_save", "state_sha256"]
@@ -80,6 +80,8 @@ class Vault:
     message: str | None = None
     public_sha256: str | None = None
     data_stats: dict[str, Any] = field(default_factory=dict)
+    # Private branch-1 BatchNorm states of plain units after passport layers (PointNet T-Net).
+    branch_norms: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     @classmethod
     def from_model(
@@ -119,6 +121,10 @@ class Vault:
             }
         if not layers:
             raise VaultError("the model has no passport layers: nothing to put in a vault")
+        branch_norms = {
+            name: {k: v.detach().cpu().clone() for k, v in m.norm1.state_dict().items()}
+            for name, m in model.named_modules() if isinstance(m, BranchNormUnit)
+        }
         return cls(
             arch=dict(getattr(model, "config", {})),
             layers=layers,
@@ -128,6 +134,7 @@ class Vault:
             message=message,
             public_sha256=None if public_model is None else state_sha256(public_model),
             data_stats=dict(data_stats or {}),
+            branch_norms=branch_norms,
         )
 
     @property
@@ -153,6 +160,12 @@ class Vault:
                     f"with passport layers {list(self.layers)}"
                 )
             replace_module(protected, name, self._rebuild_layer(name, unit, entry))
+        for name, state in self.branch_norms.items():
+            unit = modules.get(name)
+            if not (isinstance(unit, ConvNormAct) and unit.norm_kind == "bn"):
+                raise VaultError(f"the suspect model has no plain BatchNorm unit {name!r} for "
+                                 f"the vault's branch-1 normaliser (found {type(unit).__name__})")
+            replace_module(protected, name, BranchNormUnit.from_public(unit, state))
         if hasattr(protected, "config") and self.arch:
             protected.config = dict(self.arch)
         return protected
@@ -207,6 +220,9 @@ class Vault:
         for lname, entry in self.layers.items():
             for k, v in entry["tensors"].items():
                 tensors[f"layers/{lname}/{k}"] = v
+        for uname, state in self.branch_norms.items():
+            for k, v in state.items():
+                tensors[f"branch_norms/{uname}/{k}"] = v
         if self.trigger_images is not None:
             tensors["trigger/images"] = self.trigger_images
             tensors["trigger/labels"] = self.trigger_labels
@@ -214,6 +230,7 @@ class Vault:
             "arch": self.arch,
             "layer_config": {n: e["config"] for n, e in self.layers.items()},
             "layer_order": list(self.layers),
+            "branch_norm_order": list(self.branch_norms),
             "seeds": self.seeds,
             "message": self.message,
             "public_sha256": self.public_sha256,
@@ -280,6 +297,8 @@ class Vault:
             message=meta["message"],
             public_sha256=meta["public_sha256"],
             data_stats=meta["data_stats"],
+            branch_norms={u: _sub(tensors, f"branch_norms/{u}/")
+                          for u in meta.get("branch_norm_order", [])},
         )
 
 

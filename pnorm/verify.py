@@ -8,14 +8,14 @@ accuracy, while forged passports fail; the trigger set is a separate black-box c
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
-from .data import ImageData, normalize
+from .batches import Data, model_inputs, raw_inputs, trigger_data
 from .models import passport_layers
 from .passport import random_passports
 from .vault import Vault
@@ -56,18 +56,22 @@ def signature_detection(
     model: nn.Module,
     passports: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
     signature: torch.Tensor | None = None,
+    layers: Collection[str] | None = None,
 ) -> dict:
     """Signature detection rate: share of channels with sign(s_gamma) equal to the bit.
 
     Per layer, the mean of per-layer rates (what the original reports) and bit-pooled, with
-    the pooled match count. ``passports``/``signature`` override the layers' own (forgeries).
+    the pooled match count. ``passports``/``signature`` override the layers' own (forgeries);
+    ``layers`` restricts the count to those passport layers (e.g. all but a replaced head).
     """
     per_layer, matches, total, start = {}, 0, 0, 0
     for name, layer in passport_layers(model).items():
-        pg, pb = passports[name] if passports and name in passports else (None, None)
-        s_gamma, _ = layer.passport_scales(pg, pb)
         bits = layer.signature if signature is None else signature[start : start + layer.channels]
         start += layer.channels
+        if layers is not None and name not in layers:
+            continue
+        pg, pb = passports[name] if passports and name in passports else (None, None)
+        s_gamma, _ = layer.passport_scales(pg, pb)
         hit = (torch.sign(s_gamma) == bits.to(s_gamma.device)).sum().item()
         per_layer[name] = hit / layer.channels
         matches += int(hit)
@@ -113,7 +117,7 @@ def swapped_passports(
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    data: ImageData,
+    data: Data,
     mean,
     std,
     branch=0,
@@ -124,6 +128,7 @@ def evaluate(
     """Top-1 accuracy of ``model`` on ``data`` (eval mode); a pair for ``branch="both"``.
 
     ``passports`` temporarily swaps in other passports (e.g. forged ones) for branch 1.
+    ``mean``/``std`` normalise images; point clouds ignore them (pass None).
     """
     was_training = model.training
     model.eval()
@@ -131,7 +136,7 @@ def evaluate(
         with swapped_passports(model, passports):
             correct = torch.zeros(2, dtype=torch.long, device=device)
             for i in range(0, len(data), batch_size):
-                x = normalize(data.images[i : i + batch_size].to(device), mean, std)
+                x = model_inputs(raw_inputs(data)[i : i + batch_size].to(device), mean, std)
                 y = data.labels[i : i + batch_size].to(device)
                 out = model(x, branch)
                 for j, logits in enumerate(out if branch == "both" else (out,)):
@@ -144,7 +149,7 @@ def evaluate(
 
 def forged_passport_trials(
     model: nn.Module,
-    data: ImageData,
+    data: Data,
     mean,
     std,
     n: int,
@@ -270,7 +275,7 @@ class OwnershipReport:
 def verify_ownership(
     suspect: nn.Module,
     vault: Vault,
-    test: ImageData,
+    test: Data,
     mean,
     std,
     n_forged: int = 0,
@@ -284,8 +289,8 @@ def verify_ownership(
     acc0, acc1 = evaluate(protected, test, mean, std, "both", batch_size, device)
     det = signature_detection(protected)
     trig_acc = trig_p = None
-    if vault.trigger_images is not None:
-        trigger = ImageData(vault.trigger_images, vault.trigger_labels, [], "trigger")
+    trigger = trigger_data(vault)
+    if trigger is not None:
         trig_acc = evaluate(protected, trigger, mean, std, 0, batch_size, device)
         k = int(round(trig_acc * len(trigger)))
         n_classes = int(vault.arch.get("num_classes", 10))

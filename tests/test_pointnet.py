@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from pnorm.layers import ConvNormAct, PassportAwareNorm
+from pnorm.layers import BranchNormUnit, ConvNormAct, PassportAwareNorm
 from pnorm.models import build_model, export_public, passport_layers, total_sign_loss
 from pnorm.passport import key_model
 from pnorm.pointnet import (
@@ -255,3 +255,28 @@ def test_build_model_rebuilds_a_pointnet_from_its_config() -> None:
     rebuilt = build_model(model.config, seed=0)
     assert type(rebuilt) is type(model) and rebuilt.config == model.config
     assert list(passport_layers(rebuilt)) == list(passport_layers(model))
+
+
+def test_units_after_a_passport_layer_keep_a_private_branch1_norm(tmp_path) -> None:
+    model = _keyed("pan", passport_layers=["convp2", "p1"])
+    feature, main = model.feature_tnet, {n: getattr(model, n) for n in ("convp3", "p2")}
+    assert all(isinstance(m, ConvNormAct) for m in model.input_tnet.children()
+               if hasattr(m, "norm"))
+    assert isinstance(feature.conv1, ConvNormAct)  # convp1 is plain: same input in both branches
+    assert all(isinstance(m, BranchNormUnit) for m in main.values())
+    full = _keyed("pan")
+    assert isinstance(full.feature_tnet.conv1, BranchNormUnit)
+    public = export_public(full)
+    assert not any(isinstance(m, BranchNormUnit) for m in public.modules())
+    assert not any("norm1" in k for k in public.state_dict())
+    with torch.no_grad():
+        for m in full.modules():
+            if isinstance(m, BranchNormUnit):
+                m.norm1.running_mean.uniform_(-1, 1)
+    vault = Vault.from_model(full)
+    assert set(vault.branch_norms) == {f"feature_tnet.{n}" for n in
+                                       ("conv1", "conv2", "conv3", "fc1", "fc2")}
+    vault.save(tmp_path / "v.pt")
+    again = Vault.load(tmp_path / "v.pt").attach(public)
+    for name, state in vault.branch_norms.items():
+        assert torch.equal(again.get_submodule(name).norm1.running_mean, state["running_mean"])

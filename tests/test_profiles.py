@@ -104,3 +104,15 @@ def test_cache_dir_defaults_to_home(monkeypatch, tmp_path):
     assert (tmp_path / ".cache" / "pnorm").is_dir()
     monkeypatch.setenv("PNORM_CACHE", "~/elsewhere")
     assert cache_dir() == tmp_path / "elsewhere"
+
+
+def test_point_scales_follow_the_3d_recipe_and_shrink_for_the_cpu():
+    paper = PROFILES["paper"].points
+    assert (paper.lr, paper.weight_decay, paper.lr_gamma, paper.epochs) == (1e-3, 1e-4, 0.7, 200)
+    assert paper.milestones == tuple(range(20, 200, 20))  # StepLR(step 20, gamma 0.7)
+    assert (paper.batch_size, paper.triggers_per_batch, paper.n_points) == (16, 16, 1024)
+    assert paper.passport_layers is None  # all six
+    smoke, cpu = PROFILES["smoke"].points, PROFILES["cpu"].points
+    assert smoke.n_train < cpu.n_train and smoke.epochs < cpu.epochs
+    assert smoke.n_points <= cpu.n_points < paper.n_points
+    assert "p3" not in cpu.passport_layers and "PointNet" in cpu.describe()

@@ -128,8 +128,12 @@ def evaluate(
     """Top-1 accuracy of ``model`` on ``data`` (eval mode); a pair for ``branch="both"``.
 
     ``passports`` temporarily swaps in other passports (e.g. forged ones) for branch 1.
-    ``mean``/``std`` normalise images; point clouds ignore them (pass None).
+    ``mean``/``std`` normalise images; point clouds ignore them (pass None). The data go to
+    the device the model's parameters are on (``device`` only for a model without any), so a
+    caller's device never disagrees with the model's.
     """
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device(device)
     was_training = model.training
     model.eval()
     try:

@@ -114,3 +114,22 @@ def test_notebook_runs_in_smoke_profile(path: Path, pnorm_cache_dir: Path) -> No
         f"\n[test_notebooks] {path.name} ran in {time.perf_counter() - start:.1f} s "
         f"(PNORM_CACHE={pnorm_cache_dir})"
     )
+    RAN.add(path.stem)
+
+
+RAN: set[str] = set()  # notebooks executed in this session, in file order
+
+
+def test_every_chapter_records_results_for_the_summary(pnorm_cache_dir: Path) -> None:
+    """Chapters 02-08 leave result records that the summary chapter (09) reads, none stale."""
+    from pnorm.profiles import PROFILES
+    from pnorm.results import load_results
+
+    writers = {p.stem for p in NOTEBOOKS if "record_results(" in p.read_text()}
+    assert {f"0{i}" for i in range(2, 9)} <= {w[:2] for w in writers}
+    if not writers <= RAN:
+        pytest.skip("runs after the smoke runs of all recording chapters in the same session")
+    records = load_results(PROFILES["smoke"])
+    assert writers <= set(records), f"no records from {sorted(writers - set(records))}"
+    assert not any(records[w]["stale"] for w in writers)
+    assert all(records[w]["rows"] for w in writers)

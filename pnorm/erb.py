@@ -45,6 +45,7 @@ from .batches import Data, augment_batch, model_inputs, raw_inputs
 from .data import _derive_seed
 from .layers import ConvNormAct, _channel_view, _make_norm
 from .models import replace_module
+from .train import make_optimizer
 from .vault import Vault
 from .verify import binomial_tail, evaluate
 
@@ -241,13 +242,6 @@ def _measure(model, vault, references: dict, test, mean, std, device, batch_size
     }
 
 
-def _optimizer(params: list[torch.Tensor], config: ERBConfig) -> torch.optim.Optimizer:
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                           weight_decay=config.weight_decay)
-
-
 def _train_epoch(model, opt, images, labels, mean, std, config: ERBConfig, g) -> None:
     """One pass over the attacker's images: cross-entropy only, BN as the config says."""
     model.eval()
@@ -288,7 +282,7 @@ def erb_forgery(public: nn.Module, vault: Vault, attacker_data: Data, test: Data
               for p in (m.gamma, m.beta, *m.erb.parameters())]
     for p in params:
         p.requires_grad_(True)
-    opt = _optimizer(params, config)
+    opt = make_optimizer(params, config)
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, config.epochs))
              if config.schedule == "cosine" else None)
     n = max(1, int(round(config.data_fraction * len(attacker_data))))  # as forge_passports

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from .batches import Data, augment_batch, model_inputs, raw_inputs
 from .models import passport_layers
+from .train import make_optimizer
 from .vault import Vault
 from .verify import Thresholds, binomial_tail, evaluate, signature_detection
 
@@ -322,11 +323,7 @@ def forge_passports(
     model = model.to(device)
     true = {k: (a.to(device), b.to(device)) for k, (a, b) in true.items()}
     params = _trainables(model, threat)
-    if threat.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=threat.lr, momentum=threat.momentum,
-                              weight_decay=threat.weight_decay)
-    else:
-        opt = torch.optim.Adam(params, lr=threat.lr, weight_decay=threat.weight_decay)
+    opt = make_optimizer(params, threat)
     n = max(1, int(round(threat.data_fraction * len(attacker_data))))
     chosen = torch.randperm(len(attacker_data), generator=g)[:n]
     samples = raw_inputs(attacker_data)[chosen].to(device)

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from .profiles import Profile, cache_dir
+from .vault import atomic_write
 
 __all__ = ["UNITS", "load_results", "record_results", "results_dir"]
 
@@ -71,17 +70,9 @@ def record_results(chapter: str, profile: Profile, rows: list[dict[str, Any]],
         "source": source_fingerprint(), "written": time.strftime("%Y-%m-%d %H:%M:%S"),
         "rows": _plain(rows),
     }
-    folder = results_dir(profile)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{chapter}.json"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    path = results_dir(profile) / f"{chapter}.json"
+    text = json.dumps(payload, indent=1, sort_keys=True)
+    atomic_write(path, lambda f: f.write(text.encode()))
     return path
 
 

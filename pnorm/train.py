@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -33,6 +33,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "amp_dtype",
+    "make_optimizer",
     "train",
     "training_step",
     "uses_channels_last",
@@ -318,13 +319,16 @@ def _epoch_batches(feed: _Feed, config: TrainConfig, epoch: int, device: torch.d
         yield x, y
 
 
-def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(params: Iterable[torch.Tensor], config) -> torch.optim.Optimizer:
+    """SGD (with momentum) or Adam from any recipe with ``optimizer, lr, momentum, weight_decay``.
+
+    One builder for training, the forgeries and the ERB attack, so their recipes mean the same.
+    """
     if config.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
                                weight_decay=config.weight_decay)
     if config.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=config.lr,
-                                weight_decay=config.weight_decay)
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     raise ValueError(f"optimizer must be 'sgd' or 'adam', got {config.optimizer!r}")
 
 
@@ -357,7 +361,7 @@ def train(
     forward = torch.compile(model) if config.compile else None
     scaler = torch.amp.GradScaler(device.type) if amp_dtype(config, device) == torch.float16 \
         else None
-    optimizer = _optimizer(model, config)
+    optimizer = make_optimizer(model.parameters(), config)
     history: list[dict] = []
     best = {"score": -1.0, "epoch": -1, "state": None}
     start = 0

@@ -12,9 +12,10 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -22,7 +23,7 @@ from torch import nn
 from .layers import BranchNormUnit, ConvNormAct, PassportAwareNorm, _clone_weight_layer
 from .models import passport_layers, replace_module
 
-__all__ = ["Vault", "VaultError", "atomic_torch_save", "state_sha256"]
+__all__ = ["Vault", "VaultError", "atomic_torch_save", "atomic_write", "state_sha256"]
 
 _FORMAT = "pnorm-vault"
 _VERSION = 1
@@ -49,20 +50,29 @@ def _digest(meta_json: str, tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temp file in the same folder, then rename: never a half-written file."""
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """``write(file)`` to a temp file in the same folder, then rename: never a half-written file.
+
+    The folder is created if needed; on any error the temp file is removed and ``path`` keeps
+    its previous content.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` through ``atomic_write``: a crash never leaves a half-written file."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 _LAYER_KEYS = ("passport_gamma", "passport_beta", "signature")

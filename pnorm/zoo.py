@@ -84,6 +84,11 @@ def trigger_set(profile: Profile, num_classes: int = 10, seed: int = 1) -> Image
     return abstract_trigger_set(profile.n_triggers, num_classes, seed)
 
 
+# Real-data profiles have no synthetic sizes (n_train = 0 means "the whole real set"); their
+# synthetic fine-tuning target ("objects") gets this many training / test clouds.
+_REAL_OBJECTS_SIZE = (4000, 2000)
+
+
 def point_splits(profile: Profile, task: str = "solids", seed: int = 0) -> PointSplits:
     """The profile's point clouds: synthetic solids/objects, or real ModelNet40 (``solids``).
 
@@ -93,7 +98,8 @@ def point_splits(profile: Profile, task: str = "solids", seed: int = 0) -> Point
     """
     ps = profile.points
     if profile.data == "synthetic" or task == "objects":
-        n_train, n_test = (ps.n_train, ps.n_test) if profile.data == "synthetic" else (4000, 2000)
+        n_train, n_test = ((ps.n_train, ps.n_test) if profile.data == "synthetic"
+                           else _REAL_OBJECTS_SIZE)
         return synthetic_point_splits(n_train, ps.n_val, n_test, ps.n_points, seed, task)
     return load_modelnet40(cache_dir() / "data", ps.n_points, ps.n_val, seed)
 

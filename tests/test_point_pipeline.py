@@ -13,6 +13,7 @@ import pnorm.train
 from pnorm.attacks import fine_tune, finetune_config, pruning_sweep
 from pnorm.batches import trigger_data
 from pnorm.forgery import forge_passports, threat_model
+from pnorm.passport import key_model
 from pnorm.pointdata import point_trigger_set, synthetic_point_splits
 from pnorm.pointnet import PointNetCls
 from pnorm.profiles import PROFILES, PointScale
@@ -33,8 +34,6 @@ PROFILE = replace(PROFILES["smoke"], points=SCALE, eval_batch_size=64)
 
 
 def _fresh(scheme: str = "pan") -> PointNetCls:
-    from pnorm.passport import key_model
-
     model = PointNetCls(10, width=1 / 16, scheme=scheme, num_points=POINTS, seed=0)
     if scheme != "plain":
         key_model(model, torch.Generator().manual_seed(1), "owner")

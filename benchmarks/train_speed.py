@@ -197,10 +197,16 @@ def main(argv: list[str] | None = None) -> dict:
     base = TrainConfig(batch_size=args.batch, compile=args.compile)
     load_before = os.getloadavg()
 
-    def alexnet(scheme: str) -> AlexNetCIFAR:
-        model = AlexNetCIFAR(width=width, scheme=scheme, seed=0)
+    def alexnet(scheme: str, layers: tuple[str, ...] | None = None) -> AlexNetCIFAR:
+        model = AlexNetCIFAR(width=width, scheme=scheme, passport_layers=layers, seed=0)
         if scheme != "plain":
             key_model(model, torch.Generator().manual_seed(1))
+        return model
+
+    mode = "concat" if device.type == "cuda" else "split"  # what run_both picks here
+
+    def other_mode(model: AlexNetCIFAR) -> AlexNetCIFAR:
+        model.batch_branches = mode == "split"
         return model
 
     variants = {
@@ -209,6 +215,11 @@ def main(argv: list[str] | None = None) -> dict:
         "pan_batched": model_step(alexnet("pan"), base, batch, device, 2),
         "pan_alternating": model_step(alexnet("pan"), replace(base, schedule="alternating"),
                                       batch, device, 2),
+        # run_both's other way to run the diverged halves (CUDA default: concat, CPU: split)
+        "pan_other_mode": model_step(other_mode(alexnet("pan")), base, batch, device, 2),
+        # the cpu profile's map: conv1-conv2 are a plain prefix both branches share
+        "pan_batched_conv3to5": model_step(alexnet("pan", ("conv3", "conv4", "conv5")), base,
+                                           batch, device, 2),
         "data_reference": reference_pipeline(n_data, args.batch, device, args.workers),
         "data_tensor": tensor_pipeline(n_data, base, device),
     }
@@ -230,6 +241,9 @@ def main(argv: list[str] | None = None) -> dict:
         "pan_batched_over_plain": round(pan / sec["plain"], 3),
         "batched_over_two_pass": round(pan / sec["pan_two_pass"], 3),
         "pan_alternating_over_plain": round(sec["pan_alternating"] / sec["plain"], 3),
+        "batched_mode": mode,
+        "other_mode_over_batched": round(sec["pan_other_mode"] / pan, 3),
+        "pan_batched_conv3to5_over_plain": round(sec["pan_batched_conv3to5"] / sec["plain"], 3),
         "resnet_pan_batched_over_plain": (
             None if args.no_resnet else round(sec["resnet_pan"] / sec["resnet_plain"], 3)
         ),

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import shutil
+import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -26,6 +28,8 @@ TEXTURE_CLASSES = ["coarse checks", "fine checks", "horizontal stripes", "vertic
                    "diagonal stripes", "polka dots", "concentric rings", "waves", "blotches",
                    "grid"]
 ADI_URL = "https://github.com/adiyoss/WatermarkNN (folder data/trigger_set)"
+ADI_RAW_URL = "https://raw.githubusercontent.com/adiyoss/WatermarkNN/master/data/trigger_set"
+ADI_SIZE = 100  # images (pics/1.jpg … pics/100.jpg), labels 0-9 (PAN_SPEC §3.2)
 _S = 32  # image side
 _CHUNK = 1024  # images rendered at a time (bounds memory; fixed, so results do not depend on it)
 # How hard the synthetic tasks are, in one place (read-only: edit here, so the source fingerprint
@@ -470,6 +474,47 @@ def load_cifar(root: str | Path, name: str = "cifar10", download: bool = False,
     train = full.subset(perm[n_val:].sort().values)
     val = replace(full.subset(perm[:n_val].sort().values), name=f"{name}/val")
     return ImageSplits(train, val, test, CIFAR_MEAN, CIFAR_STD, len(full.classes), "real")
+
+
+def _fetch(url: str, dest: Path) -> None:
+    """Copy ``url`` (http(s) or file) to ``dest``."""
+    with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as f:
+        shutil.copyfileobj(response, f, 1 << 20)
+
+
+def download_adi_trigger_set(folder: str | Path, base_url: str = ADI_RAW_URL,
+                             n_images: int = ADI_SIZE, progress: bool = True) -> Path:
+    """Fetch the Adi et al. trigger set into ``folder`` (``pics/1.jpg …``, ``labels-cifar.txt``).
+
+    No checksum of these files is published, so they are checked instead: ``n_images``
+    numbered images that decode, one label in 0-9 per image. Files land in a sibling
+    ``.partial`` folder that is renamed into place only after the check (nothing half-written).
+    """
+    from tqdm.auto import tqdm
+
+    folder = Path(folder).expanduser()
+    if folder.exists():
+        raise FileExistsError(f"{folder} exists: load it with load_adi_trigger_set, or delete it "
+                              f"to download again")
+    part = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(part, ignore_errors=True)
+    (part / "pics").mkdir(parents=True)
+    names = ["labels-cifar.txt"] + [f"pics/{i}.jpg" for i in range(1, n_images + 1)]
+    for name in tqdm(names, desc="downloading the Adi et al. trigger set", disable=not progress):
+        try:
+            _fetch(f"{base_url}/{name}", part / name)
+        except Exception as err:  # URLError, HTTPError, TimeoutError, OSError, …
+            raise DataNotFoundError(
+                f"downloading {base_url}/{name} failed: {err!r}. Get the folder "
+                f"data/trigger_set of {ADI_URL} by hand and put its pics/ and labels-cifar.txt "
+                f"into {folder}") from err
+    data = load_adi_trigger_set(part)
+    if len(data) != n_images or int(data.labels.max()) > 9:
+        raise DataNotFoundError(f"the downloaded trigger set in {part} has {len(data)} images "
+                                f"and labels up to {int(data.labels.max())}; expected "
+                                f"{n_images} images with labels 0-9. Nothing was moved to {folder}")
+    part.rename(folder)
+    return folder
 
 
 def load_adi_trigger_set(folder: str | Path, labels_file: str | Path | None = None) -> ImageData:

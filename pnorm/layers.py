@@ -25,6 +25,7 @@ __all__ = [
     "ConvNormAct",
     "PassportAwareNorm",
     "check_branch",
+    "mean_response",
     "sign_loss",
 ]
 
@@ -56,6 +57,25 @@ def _weight_out_features(weight_layer: WeightLayer) -> int:
     if isinstance(weight_layer, nn.Linear):
         return weight_layer.out_features
     return weight_layer.out_channels
+
+
+def mean_response(layer: WeightLayer, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` averaged over its output positions (N × C_out), as one matrix product.
+
+    A convolution is linear, so its mean response is its weight applied to the mean receptive
+    field (``F.unfold``): the passports need no full convolution. Other convs fall back to one.
+    """
+    if isinstance(layer, nn.Linear):
+        return layer(x)
+    if (layer.groups != 1 or layer.padding_mode != "zeros" or isinstance(layer.padding, str)
+            or x.dim() not in (3, 4)):
+        return layer(x).flatten(2).mean(2)
+    kw = {k: tuple(getattr(layer, k)) for k in ("kernel_size", "dilation", "padding", "stride")}
+    if x.dim() == 3:  # Conv1d: a 1-pixel-high image
+        x, kw = x.unsqueeze(2), {k: (1 if k != "padding" else 0, *v) for k, v in kw.items()}
+    cols = F.unfold(x, **kw).mean(2)  # N × (C_in · kernel), ordered as weight.flatten(1)
+    out = cols @ layer.weight.flatten(1).T
+    return out if layer.bias is None else out + layer.bias
 
 
 def _norm_num_groups(channels: int) -> int:
@@ -90,6 +110,24 @@ def _affine_batch_norm(norm: nn.modules.batchnorm._BatchNorm, z: torch.Tensor,
         momentum = 0.0
     use_batch = norm.training or norm.running_mean is None
     return F.batch_norm(z, norm.running_mean, norm.running_var, weight, bias, use_batch,
+                        momentum, norm.eps)
+
+
+def _batch_norm_twice(norm: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """``norm(z)``, leaving running statistics as two calls on the same batch would leave them.
+
+    Two momentum-``m`` updates with one batch mean equal one update with ``1 - (1 - m)^2``
+    (cumulative averaging, ``momentum=None``: ``2 / (t + 2)``), and the counter advances by 2.
+    """
+    if not (isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.training
+            and norm.track_running_stats):
+        return norm(z)
+    norm.num_batches_tracked.add_(2)
+    if norm.momentum is None:
+        momentum = 2.0 / float(norm.num_batches_tracked)
+    else:
+        momentum = 1.0 - (1.0 - norm.momentum) ** 2
+    return F.batch_norm(z, norm.running_mean, norm.running_var, norm.weight, norm.bias, True,
                         momentum, norm.eps)
 
 
@@ -130,6 +168,11 @@ class ConvNormAct(nn.Sequential):
             z = self.norm(z)
         return self.act(z)
 
+    def forward_shared(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both branches for an input they share: computed once, so the pair is one tensor."""
+        y = self.act(_batch_norm_twice(self.norm, self.conv(x)))
+        return y, y
+
 
 class BranchNormUnit(nn.Module):
     """A ``conv -> norm -> act`` unit without passports but with a private branch-1 normaliser.
@@ -158,6 +201,11 @@ class BranchNormUnit(nn.Module):
         else:
             z = (self.norm1 if branch == 1 else self.norm)(z)
         return self.act(z)
+
+    def forward_shared(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both branches for an input they share: one convolution, each branch's normaliser."""
+        z = self.conv(x)
+        return self.act(self.norm(z)), self.act(self.norm1(z))
 
     def to_public(self) -> ConvNormAct:
         """The deployable unit: the conv, branch 0's normaliser and the activation (copies)."""
@@ -226,6 +274,8 @@ class PassportAwareNorm(nn.Module):
         self.register_buffer("passport_gamma", torch.zeros(passport_shape))
         self.register_buffer("passport_beta", torch.zeros(passport_shape))
         self.register_buffer("signature", torch.ones(channels))
+        # While set (models.recording_scales), branch 1 leaves its s_gamma here for the sign loss.
+        self.scale_record: dict[nn.Module, torch.Tensor] | None = None
 
     @property
     def channels(self) -> int:
@@ -248,8 +298,7 @@ class PassportAwareNorm(nn.Module):
         """
         pg = self.passport_gamma if passport_gamma is None else passport_gamma
         pb = self.passport_beta if passport_beta is None else passport_beta
-        z = self.conv(torch.cat([pg, pb]))
-        z = z.flatten(2).mean(2) if z.dim() > 2 else z
+        z = mean_response(self.conv, torch.cat([pg, pb]))
         n = pg.shape[0]
         return z[:n].mean(0), z[n:].mean(0)
 
@@ -258,13 +307,19 @@ class PassportAwareNorm(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the branch-1 affine ``(gamma1, beta1)`` derived from the passports."""
         s_gamma, s_beta = self.passport_scales(passport_gamma, passport_beta)
+        if passport_gamma is None and passport_beta is None and self.scale_record is not None:
+            self.scale_record[self] = s_gamma
         if self.mlp is None:
             return s_gamma, s_beta
         return self.mlp(s_gamma), self.mlp(s_beta)
 
-    def sign_loss(self) -> torch.Tensor:
-        """This layer's sign loss against its stored signature (pre-MLP scale)."""
-        s_gamma, _ = self.passport_scales()
+    def sign_loss(self, s_gamma: torch.Tensor | None = None) -> torch.Tensor:
+        """This layer's sign loss against its stored signature (pre-MLP scale).
+
+        ``s_gamma``: the scale a forward pass already computed from the stored passports.
+        """
+        if s_gamma is None:
+            s_gamma, _ = self.passport_scales()
         return sign_loss(s_gamma, self.signature, alpha=self.sign_alpha)
 
     def forward(self, x: torch.Tensor, branch: Branch = 0) -> torch.Tensor:
@@ -276,6 +331,12 @@ class PassportAwareNorm(nn.Module):
         else:
             y = self._branch_affine(z, branch)
         return F.relu(y) if self.activation else y
+
+    def forward_shared(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both branches for an input they share: one convolution, each branch's affine."""
+        z = self.conv(x)
+        y0, y1 = self._branch_affine(z, 0), self._branch_affine(z, 1)
+        return (F.relu(y0), F.relu(y1)) if self.activation else (y0, y1)
 
     def _branch_affine(self, z: torch.Tensor, branch: int) -> torch.Tensor:
         if branch == 0:

@@ -1,20 +1,23 @@
 """Networks built from a per-layer passport map, and the public export that strips all secrets.
 
 Every model here takes ``forward(x, branch=0)``: ``model(x)`` is the deployed branch; ``branch=1``
-runs the passport branch; ``branch="both"`` runs both in one batched pass and returns a pair.
+runs the passport branch; ``branch="both"`` runs both in one call and returns a pair
+(``pnorm.branches``: what the branches share is computed once).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .branches import Pair, batch_halves, pair_map, run_both
 from .layers import (
     Branch,
     BranchNormUnit,
@@ -35,6 +38,7 @@ __all__ = [
     "init_weights",
     "make_unit",
     "passport_layers",
+    "recording_scales",
     "replace_module",
     "resolve_units",
     "total_sign_loss",
@@ -59,12 +63,40 @@ def passport_layers(model: nn.Module) -> dict[str, PassportAwareNorm]:
     return {n: m for n, m in model.named_modules() if isinstance(m, PassportAwareNorm)}
 
 
-def total_sign_loss(model: nn.Module) -> torch.Tensor:
-    """Total sign loss: the plain sum over all passport layers (PAN_SPEC §2)."""
-    losses = [layer.sign_loss() for layer in passport_layers(model).values()]
+def total_sign_loss(model: nn.Module,
+                    scales: dict[nn.Module, torch.Tensor] | None = None) -> torch.Tensor:
+    """Total sign loss: the plain sum over all passport layers (PAN_SPEC §2).
+
+    ``scales`` (from ``recording_scales``) reuses the forward's scales, as the original does;
+    layers missing from it, or whose scales autocast computed in lower precision, convolve
+    their passports again.
+    """
+    scales = scales or {}
+    losses = []
+    for layer in passport_layers(model).values():
+        s = scales.get(layer)
+        full = s is not None and s.dtype == layer.gamma0.dtype
+        losses.append(layer.sign_loss(s if full else None))
     if not losses:
         raise ValueError("the model has no passport layers, so it has no sign loss")
     return torch.stack(losses).sum()
+
+
+@contextlib.contextmanager
+def recording_scales(model: nn.Module) -> Iterator[dict[nn.Module, torch.Tensor]]:
+    """Within the block, every passport layer's branch-1 forward records its ``s_gamma``.
+
+    ``total_sign_loss(model, scales)`` then needs no second convolution of the passports.
+    """
+    record: dict[nn.Module, torch.Tensor] = {}
+    layers = list(passport_layers(model).values())
+    for layer in layers:
+        layer.scale_record = record
+    try:
+        yield record
+    finally:
+        for layer in layers:
+            layer.scale_record = None
 
 
 def unit_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -205,24 +237,38 @@ class AlexNetCIFAR(nn.Module):
         sizes = [image_size, image_size // 2] + [image_size // 4] * 3
         c_in = 3
         specs = zip(ALEXNET_LAYERS, channels, _ALEXNET_KERNELS, sizes, strict=True)
-        for name, c_out, k, size in specs:
+        for i, (name, c_out, k, size) in enumerate(specs):
             conv = nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=False)
+            after = any(n in chosen for n in ALEXNET_LAYERS[:i])
             setattr(self, name, make_unit(conv, (1, c_in, size, size), name in chosen, norm,
-                                          mlp, shared))
+                                          mlp, shared, after_passport=after))
             c_in = c_out
         self.classifier = nn.Linear(channels[-1] * (image_size // 8) ** 2, num_classes)
         init_weights(self, torch.Generator().manual_seed(seed))
 
     def forward(self, x: torch.Tensor, branch: Branch = 0):
         branch = branch_for(self, branch)
+        stages = [_Pooled(self.conv1), _Pooled(self.conv2), self.conv3, self.conv4,
+                  _Pooled(self.conv5)]
         if branch == "both":
-            x = torch.cat([x, x])
-        x = F.max_pool2d(self.conv1(x, branch), 2)
-        x = F.max_pool2d(self.conv2(x, branch), 2)
-        x = self.conv4(self.conv3(x, branch), branch)
-        x = F.max_pool2d(self.conv5(x, branch), 2)
-        logits = self.classifier(x.flatten(1))
-        return tuple(logits.chunk(2)) if branch == "both" else logits
+            pair = run_both(stages, x, batch=batch_halves(self, x))
+            return pair_map(lambda h: self.classifier(h.flatten(1)), pair)
+        for stage in stages:
+            x = stage(x, branch)
+        return self.classifier(x.flatten(1))
+
+
+class _Pooled:
+    """A unit followed by 2×2 max-pooling: one stage of AlexNet for ``run_both``."""
+
+    def __init__(self, unit: nn.Module):
+        self.unit = unit
+
+    def __call__(self, x: torch.Tensor, branch: Branch = 0) -> torch.Tensor:
+        return F.max_pool2d(self.unit(x, branch), 2)
+
+    def forward_shared(self, x: torch.Tensor) -> Pair:
+        return pair_map(lambda h: F.max_pool2d(h, 2), self.unit.forward_shared(x))
 
 
 def _resnet18(**kwargs: Any) -> nn.Module:

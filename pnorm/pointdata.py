@@ -10,7 +10,6 @@ import hashlib
 import math
 import shutil
 import tempfile
-import urllib.request
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data import DataNotFoundError, _derive_seed, _one_thread
+from .data import DataNotFoundError, _derive_seed, _fetch, _one_thread
 from .vault import atomic_torch_save
 
 __all__ = [
@@ -596,12 +595,6 @@ def load_modelnet40(root: str | Path, n_points: int = 1024, n_val: int = 1000, s
     train = full.subset(perm[n_val:].sort().values)
     val = replace(full.subset(perm[:n_val].sort().values), name="modelnet40/val")
     return PointSplits(train, val, test, len(classes), "real")
-
-
-def _fetch(url: str, dest: Path) -> None:
-    """Copy ``url`` (http(s) or file) to ``dest``."""
-    with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as f:
-        shutil.copyfileobj(response, f, 1 << 20)
 
 
 def _sha256_file(path: Path) -> str:

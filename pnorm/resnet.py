@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .branches import Pair, apply_unit, batch_halves, pair_map, run_both
 from .layers import Branch, NormKind
 from .models import Scheme, branch_for, init_weights, make_unit, resolve_units
 
@@ -60,10 +61,13 @@ def _unit(
     mlp: bool,
     shared: bool,
     activation: bool,
+    after_passport: bool,
 ) -> nn.Module:
-    """One conv unit: a passport layer if ``name`` is in the map, else a plain conv-BN(-ReLU)."""
+    """One conv unit: a passport layer if ``name`` is in the map, else a plain conv-BN(-ReLU)
+    (with a private branch-1 BN when it is ``after_passport``, see ``make_unit``)."""
     conv = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False)
-    return make_unit(conv, (1, c_in, size, size), name in chosen, norm, mlp, shared, activation)
+    return make_unit(conv, (1, c_in, size, size), name in chosen, norm, mlp, shared, activation,
+                     after_passport)
 
 
 class BasicBlock(nn.Module):
@@ -83,6 +87,12 @@ class BasicBlock(nn.Module):
         out = self.conv2(self.conv1(x, branch), branch)
         skip = x if self.shortcut is None else self.shortcut(x, branch)
         return F.relu(out + skip)
+
+    def forward_shared(self, x: torch.Tensor) -> Pair:
+        """Both branches for an input they share (``pnorm.branches``)."""
+        out = apply_unit(self.conv2, self.conv1.forward_shared(x))
+        skip = (x, x) if self.shortcut is None else self.shortcut.forward_shared(x)
+        return pair_map(lambda o, s: F.relu(o + s), out, skip)
 
 
 class ResNet18CIFAR(nn.Module):
@@ -125,7 +135,9 @@ class ResNet18CIFAR(nn.Module):
         pre_add_act = variant == "faithful"  # the original's trailing ReLU on conv2/shortcut
         unit_kw = {"chosen": chosen, "norm": norm, "mlp": mlp, "shared": shared}
         widths = [max(1, round(c * width)) for c in _STAGE_WIDTHS]
-        self.stem = _unit("stem", 3, widths[0], 3, 1, image_size, activation=True, **unit_kw)
+        self.stem = _unit("stem", 3, widths[0], 3, 1, image_size, activation=True,
+                          after_passport=False, **unit_kw)
+        upstream = "stem" in chosen  # is a passport layer upstream of the next block?
         c_in, size = widths[0], image_size
         for s, (c_out, stride) in enumerate(zip(widths, _STAGE_STRIDES, strict=True), 1):
             blocks = []
@@ -133,35 +145,27 @@ class ResNet18CIFAR(nn.Module):
                 st = stride if b == 0 else 1
                 prefix = f"layer{s}.{b}"
                 conv1 = _unit(f"{prefix}.conv1", c_in, c_out, 3, st, size,
-                              activation=True, **unit_kw)
+                              activation=True, after_passport=upstream, **unit_kw)
                 shortcut = None
                 if st != 1 or c_in != c_out:
                     shortcut = _unit(f"{prefix}.shortcut", c_in, c_out, 1, st, size,
-                                     activation=pre_add_act, **unit_kw)
+                                     activation=pre_add_act, after_passport=upstream, **unit_kw)
                 size //= st
-                conv2 = _unit(f"{prefix}.conv2", c_out, c_out, 3, 1, size,
-                              activation=pre_add_act, **unit_kw)
+                conv2 = _unit(f"{prefix}.conv2", c_out, c_out, 3, 1, size, activation=pre_add_act,
+                              after_passport=upstream or f"{prefix}.conv1" in chosen, **unit_kw)
                 blocks.append(BasicBlock(conv1, conv2, shortcut))
+                upstream = upstream or any(n.startswith(f"{prefix}.") for n in chosen)
                 c_in = c_out
-            setattr(self, f"layer{s}", _BlockSequence(blocks))
+            setattr(self, f"layer{s}", nn.ModuleList(blocks))  # blocks "0", "1"
         self.classifier = nn.Linear(widths[-1], num_classes)
         init_weights(self, torch.Generator().manual_seed(seed))
 
     def forward(self, x: torch.Tensor, branch: Branch = 0):
         branch = branch_for(self, branch)
+        stages = [self.stem, *self.layer1, *self.layer2, *self.layer3, *self.layer4]
         if branch == "both":
-            x = torch.cat([x, x])
-        x = self.stem(x, branch)
-        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            pair = run_both(stages, x, batch=batch_halves(self, x))
+            return pair_map(lambda h: self.classifier(h.mean((2, 3))), pair)
+        for stage in stages:
             x = stage(x, branch)
-        logits = self.classifier(x.mean((2, 3)))
-        return tuple(logits.chunk(2)) if branch == "both" else logits
-
-
-class _BlockSequence(nn.ModuleList):
-    """A stage: blocks named ``0, 1`` (as torchvision) that all receive the branch selector."""
-
-    def forward(self, x: torch.Tensor, branch: Branch = 0) -> torch.Tensor:  # type: ignore[override]
-        for block in self:
-            x = block(x, branch)
-        return x
+        return self.classifier(x.mean((2, 3)))

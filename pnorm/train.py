@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .batches import Data, model_inputs, raw_inputs
 from .data import ImageSplits, _crop_flip, _derive_seed
-from .models import passport_layers, total_sign_loss
+from .models import passport_layers, recording_scales, total_sign_loss
 from .pointdata import PointSplits, augment_points
 from .vault import atomic_torch_save
 from .verify import evaluate, signature_detection
@@ -154,7 +154,9 @@ def training_step(
         config.schedule == "summed" or step % config.alternate_every == config.alternate_every - 1
     )
     zero = torch.zeros((), device=x.device)
-    with _autocast(config, x.device):  # a no-op unless mixed precision is on (CUDA default)
+    # An eager forward records the passport scales it computes, so the sign loss reuses them.
+    record = recording_scales(model) if forward is None else contextlib.nullcontext({})
+    with record as scales, _autocast(config, x.device):  # autocast: a no-op unless CUDA AMP
         if not use_branch1:
             (loss0,), loss1 = _branch_losses(model, run, x, y, 0), zero
         elif config.batched:
@@ -163,7 +165,7 @@ def training_step(
             (loss0,), (loss1,) = (_branch_losses(model, run, x, y, b) for b in (0, 1))
     # The sign loss (float32, outside autocast) holds the signature in the sign of small scales.
     use_sign = use_branch1 and config.sign_weight
-    sign = config.sign_weight * total_sign_loss(model) if use_sign else zero
+    sign = config.sign_weight * total_sign_loss(model, scales) if use_sign else zero
     loss = loss0 + loss1 + sign
     if scaler is None:
         loss.backward()

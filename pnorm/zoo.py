@@ -18,7 +18,15 @@ import torch
 from torch import nn
 
 from .batches import Data, raw_inputs
-from .data import ImageData, ImageSplits, abstract_trigger_set, load_cifar, synthetic_splits
+from .data import (
+    ImageData,
+    ImageSplits,
+    abstract_trigger_set,
+    download_adi_trigger_set,
+    load_adi_trigger_set,
+    load_cifar,
+    synthetic_splits,
+)
 from .models import build_model, export_public
 from .passport import key_model
 from .pointdata import (
@@ -43,6 +51,7 @@ __all__ = [
 ]
 
 _PKG_DIR = Path(__file__).resolve().parent
+ADI_FOLDER = "adi-trigger-set"  # under <PNORM_CACHE>/data
 
 
 # Modules that cannot change a trained model (attacks and figures run after training; a
@@ -80,8 +89,22 @@ def image_splits(profile: Profile, task: str = "shapes", seed: int = 0) -> Image
 
 
 def trigger_set(profile: Profile, num_classes: int = 10, seed: int = 1) -> ImageData:
-    """The owner's trigger set: abstract out-of-distribution images with fixed random labels."""
-    return abstract_trigger_set(profile.n_triggers, num_classes, seed)
+    """The owner's trigger set, out-of-distribution images with fixed labels.
+
+    Synthetic profiles: ``profile.n_triggers`` generated abstract images with random labels
+    (``seed``). Real data: the Adi et al. set the original uses (PAN_SPEC §3.2), read from
+    ``<PNORM_CACHE>/data/adi-trigger-set`` and downloaded there when missing.
+    """
+    if profile.data == "synthetic":
+        return abstract_trigger_set(profile.n_triggers, num_classes, seed)
+    folder = cache_dir() / "data" / ADI_FOLDER
+    if not folder.exists():
+        download_adi_trigger_set(folder)
+    data = load_adi_trigger_set(folder)
+    if int(data.labels.max()) >= num_classes:
+        raise ValueError(f"the trigger set in {folder} has labels up to {int(data.labels.max())}, "
+                         f"too many for {num_classes} classes")
+    return data
 
 
 # Real-data profiles have no synthetic sizes (n_train = 0 means "the whole real set"); their

@@ -398,3 +398,27 @@ def test_load_adi_accepts_jpg(tmp_path: Path) -> None:
     assert d.images.shape == (2, 3, 32, 32) and d.labels.tolist() == [3, 4]
     assert abs(int(d.images[1, 0, 16, 16]) - 100) < 8  # jpeg is lossy
     assert data.ADI_URL.startswith("https://github.com/adiyoss/WatermarkNN")
+
+
+def test_download_adi_checks_then_moves_into_place(tmp_path: Path) -> None:
+    """The downloader fetches labels + numbered jpgs (here from a file:// mirror), checks them,
+    and only then renames the folder; a broken mirror leaves no folder behind."""
+    source = tmp_path / "mirror"
+    (source / "pics").mkdir(parents=True)
+    for k in (1, 2, 3):
+        Image.new("RGB", (40, 40), (60 * k, 0, 0)).save(source / "pics" / f"{k}.jpg")
+    (source / "labels-cifar.txt").write_text("9\n0\n4\n")
+    target = tmp_path / "cache" / "adi"
+    got = data.download_adi_trigger_set(target, source.as_uri(), n_images=3, progress=False)
+    assert got == target and not target.with_name("adi.partial").exists()
+    assert data.load_adi_trigger_set(target).labels.tolist() == [9, 0, 4]
+    with pytest.raises(FileExistsError, match="delete it"):
+        data.download_adi_trigger_set(target, source.as_uri(), n_images=3, progress=False)
+    other = tmp_path / "cache" / "adi2"
+    with pytest.raises(DataNotFoundError, match=r"pics/4\.jpg failed.*by hand"):
+        data.download_adi_trigger_set(other, source.as_uri(), n_images=4, progress=False)
+    assert not other.exists()
+    (source / "labels-cifar.txt").write_text("12\n0\n4\n")
+    with pytest.raises(DataNotFoundError, match="labels up to 12"):
+        data.download_adi_trigger_set(other, source.as_uri(), n_images=3, progress=False)
+    assert not other.exists()

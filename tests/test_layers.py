@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pnorm.layers import ConvNormAct, PassportAwareNorm, sign_loss
+from pnorm.layers import ConvNormAct, PassportAwareNorm, mean_response, sign_loss
 
 
 def _layer(**kw) -> PassportAwareNorm:
@@ -113,3 +113,29 @@ def test_linear_and_conv1d_weight_layers_work():
     conv1d = PassportAwareNorm(nn.Conv1d(3, 8, 1, bias=False), (1, 3, 10))
     assert lin(torch.randn(4, 6), "both").shape == (4, 8)
     assert conv1d(torch.randn(4, 3, 10), 1).shape == (4, 8, 10)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: nn.Conv2d(5, 7, 5, padding=2, bias=False),
+    lambda: nn.Conv2d(5, 7, 3, stride=2, padding=1),
+    lambda: nn.Conv2d(5, 7, 1, stride=2, bias=False),
+    lambda: nn.Conv2d(5, 7, 3, dilation=2, padding=1, bias=False),
+    lambda: nn.Conv1d(5, 7, 1, bias=False),
+    lambda: nn.Conv1d(5, 7, 3, padding=1),
+    lambda: nn.Conv2d(6, 4, 3, groups=2, padding=1),  # falls back to the convolution
+    lambda: nn.Linear(5, 7),
+], ids=["k5", "stride", "1x1-stride", "dilation", "conv1d", "conv1d-k3", "groups", "linear"])
+def test_mean_response_equals_the_mean_of_the_convolution(make):
+    layer = make().double()
+    shapes = {nn.Linear: (3, 5), nn.Conv1d: (3, 5, 11)}
+    shape = shapes.get(type(layer), (3, getattr(layer, "in_channels", 0), 9, 9))
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    z = layer(x)
+    expected = z.flatten(2).mean(2) if z.dim() > 2 else z
+    got = mean_response(layer, x)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(got)
+    ge = torch.autograd.grad(expected, (x, layer.weight), g)
+    gg = torch.autograd.grad(got, (x, layer.weight), g)
+    for a, b in zip(ge, gg, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -233,3 +233,33 @@ def test_plain_scheme_has_no_vault(data, use_cache, no_training, monkeypatch):
     again = train_or_load("plain", PROFILE, splits, trigger, progress=False)
     assert again.vault is None
     assert _same_state(again.model.state_dict(), plain.model.state_dict())
+
+
+def test_real_profiles_use_the_adi_trigger_set(monkeypatch, tmp_path):
+    """Real data: the Adi et al. set from the cache (downloaded when missing); synthetic:
+    generated abstract images."""
+    from PIL import Image
+
+    from pnorm.profiles import PROFILES
+
+    monkeypatch.setenv("PNORM_CACHE", str(tmp_path))
+    folder = tmp_path / "data" / pnorm.zoo.ADI_FOLDER
+    fetched = []
+
+    def fake_download(target):
+        fetched.append(target)
+        (target / "pics").mkdir(parents=True)
+        for k in (1, 2):
+            Image.new("RGB", (32, 32), (90 * k, 0, 0)).save(target / "pics" / f"{k}.png")
+        (target / "labels-cifar.txt").write_text("5\n7\n")
+        return target
+
+    monkeypatch.setattr(pnorm.zoo, "download_adi_trigger_set", fake_download)
+    real = PROFILES["gpu"]
+    trig = pnorm.zoo.trigger_set(real)
+    assert fetched == [folder] and trig.name == "trigger/adi" and trig.labels.tolist() == [5, 7]
+    pnorm.zoo.trigger_set(real)
+    assert fetched == [folder]  # read from the cache the second time
+    with pytest.raises(ValueError, match="labels up to 7, too many for 5 classes"):
+        pnorm.zoo.trigger_set(real, num_classes=5)
+    assert pnorm.zoo.trigger_set(PROFILES["smoke"]).name == "trigger/abstract"

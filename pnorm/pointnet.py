@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .branches import Pair, apply_unit, pair_map
 from .layers import Branch, NormKind, WeightLayer
 from .models import Scheme, branch_for, init_weights, make_unit, resolve_units
 
@@ -96,7 +97,16 @@ class TNet(nn.Module):
 
     def forward(self, x: torch.Tensor, branch: Branch = 0) -> torch.Tensor:
         x = self.conv3(self.conv2(self.conv1(x, branch), branch), branch).amax(2)
-        x = self.fc3(self.fc2(self.fc1(x, branch), branch))
+        return self._matrix(self.fc2(self.fc1(x, branch), branch))
+
+    def forward_shared(self, x: torch.Tensor) -> Pair:
+        """Both branches' transforms for a cloud they share (``pnorm.branches``)."""
+        h = apply_unit(self.conv3, apply_unit(self.conv2, self.conv1.forward_shared(x)))
+        h = apply_unit(self.fc2, apply_unit(self.fc1, pair_map(lambda t: t.amax(2), h)))
+        return pair_map(self._matrix, h)
+
+    def _matrix(self, h: torch.Tensor) -> torch.Tensor:
+        x = self.fc3(h)
         eye = torch.eye(self.k, device=x.device, dtype=x.dtype)
         return x.view(-1, self.k, self.k) + eye
 
@@ -156,12 +166,6 @@ class PointNetCls(nn.Module):
         self.input_tnet.reset_output()
         self.feature_tnet.reset_output()
 
-    def _drop(self, x: torch.Tensor, branch: Branch) -> torch.Tensor:
-        """Dropout per half in a batched pass, so masks are drawn as two passes draw them."""
-        if branch == "both":
-            return torch.cat([self.dropout(h) for h in x.chunk(2)])
-        return self.dropout(x)
-
     def transform_penalty(self, trans: torch.Tensor) -> torch.Tensor:
         """The weighted feature-transform regulariser that training adds to each branch's loss.
 
@@ -181,14 +185,25 @@ class PointNetCls(nn.Module):
         if x.dim() != 3 or x.shape[1] != 3:
             raise ValueError(f"points must be B×3×P (xyz channels first), got {tuple(x.shape)}")
         if branch == "both":
-            x = torch.cat([x, x])
+            return self._forward_both(x, return_transform)
         x = _apply_transform(x, self.input_tnet(x, branch))
         x = self.convp1(x, branch)
         trans = self.feature_tnet(x, branch)
         x = _apply_transform(x, trans)
         x = self.convp3(self.convp2(x, branch), branch).amax(2)
-        x = self._drop(self.p2(self.p1(x, branch), branch), branch)
+        x = self.dropout(self.p2(self.p1(x, branch), branch))
         logits = self.p3(x, branch)
-        if branch == "both":
-            logits, trans = tuple(logits.chunk(2)), tuple(trans.chunk(2))
+        return (logits, trans) if return_transform else logits
+
+    def _forward_both(self, x: torch.Tensor, return_transform: bool):
+        """Both branches as a pair of tensors: what they share (the input T-Net; every unit
+        before the first passport layer) runs once (``pnorm.branches``)."""
+        h = pair_map(_apply_transform, (x, x), self.input_tnet.forward_shared(x))
+        h = apply_unit(self.convp1, h)
+        trans = apply_unit(self.feature_tnet, h)
+        h = pair_map(_apply_transform, h, trans)
+        h = pair_map(lambda t: t.amax(2), apply_unit(self.convp3, apply_unit(self.convp2, h)))
+        h = apply_unit(self.p2, apply_unit(self.p1, h))
+        h = self.dropout(h[0]), self.dropout(h[1])  # two masks, drawn as two passes draw them
+        logits = apply_unit(self.p3, h)
         return (logits, trans) if return_transform else logits

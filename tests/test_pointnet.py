@@ -24,10 +24,10 @@ P = 32  # points per cloud in these tests
 VARIANTS = [("pan", False), ("pan", True), ("deepipr", False)]  # (scheme, faithful)
 
 
-def _keyed(scheme: str = "pan", **kw) -> PointNetCls:
+def _keyed(scheme: str = "pan", message: str | None = "owner", **kw) -> PointNetCls:
     model = PointNetCls(num_classes=10, width=0.125, scheme=scheme, num_points=P, seed=3, **kw)
     if scheme != "plain":
-        key_model(model, torch.Generator().manual_seed(4), message="owner")
+        key_model(model, torch.Generator().manual_seed(4), message=message)
     return model
 
 
@@ -134,10 +134,16 @@ def _step(model: PointNetCls, x, y, batched: bool, faithful: bool):
     return (o0, o1), torch.stack([l0, l1, sign]).detach(), grads
 
 
-@pytest.mark.parametrize(("scheme", "faithful"), VARIANTS)
-def test_batched_step_equals_two_pass_step(scheme: str, faithful: bool) -> None:
+PREFIX_MAPS = [("pan", False, ("convp2", "convp3", "p1", "p2")), ("pan", False, ("p3",)),
+               ("deepipr", False, ("convp3", "p1"))]  # plain units first: a shared prefix
+# ("p3",): the branches are still one tensor at the dropout, which must draw two masks anyway
+
+
+@pytest.mark.parametrize(("scheme", "faithful", "layers"),
+                         [(*v, None) for v in VARIANTS] + PREFIX_MAPS)
+def test_batched_step_equals_two_pass_step(scheme: str, faithful: bool, layers) -> None:
     """Outputs, losses, gradients, updated weights and BN statistics agree to float tolerance."""
-    a = _keyed(scheme, faithful=faithful).train()
+    a = _keyed(scheme, faithful=faithful, passport_layers=layers, message=None).train()
     b = copy.deepcopy(a)
     x, y = _clouds()
     out_a, loss_a, grad_a = _step(a, x, y, batched=False, faithful=faithful)

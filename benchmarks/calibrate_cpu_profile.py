@@ -24,18 +24,20 @@ prof = profiles.get_profile("cpu")
 splits = data.synthetic_splits(prof.n_train, prof.n_val, prof.n_test, seed=0)
 trigger = data.abstract_trigger_set(prof.n_triggers, 10, seed=1)
 CONV345 = ["conv3", "conv4", "conv5"]
-# name -> (scheme, passport layers, sign-loss weight); weight 0 is the "no signature" ablation
+# name -> (scheme, passport layers, sign-loss weight, both branches in one call); weight 0 is
+# the "no signature" ablation; "two-pass" is the reference path (the original's structure)
 RUNS = {
-    "plain": ("plain", None, 1.0),
-    "pan-all": ("pan", None, 1.0),
-    "pan-conv345": ("pan", CONV345, 1.0),
-    "pan-conv345-no-sign-loss": ("pan", CONV345, 0.0),
-    "deepipr-all": ("deepipr", None, 1.0),
-    "deepipr-conv345": ("deepipr", CONV345, 1.0),
+    "plain": ("plain", None, 1.0, True),
+    "pan-all": ("pan", None, 1.0, True),
+    "pan-conv345": ("pan", CONV345, 1.0, True),
+    "pan-conv345-two-pass": ("pan", CONV345, 1.0, False),
+    "pan-conv345-no-sign-loss": ("pan", CONV345, 0.0, True),
+    "deepipr-all": ("deepipr", None, 1.0, True),
+    "deepipr-conv345": ("deepipr", CONV345, 1.0, True),
 }
 t_start = time.time()
 for seed in args.seeds:
-    for name, (scheme, layers, sign_weight) in RUNS.items():
+    for name, (scheme, layers, sign_weight, batched) in RUNS.items():
         if time.time() - t_start > args.budget:
             break
         if args.runs and name not in args.runs:
@@ -47,7 +49,7 @@ for seed in args.seeds:
         cfg = train.TrainConfig(epochs=prof.epochs, batch_size=prof.batch_size, lr=prof.lr,
                                 milestones=prof.milestones,
                                 triggers_per_batch=prof.triggers_per_batch, seed=seed,
-                                sign_weight=sign_weight)
+                                sign_weight=sign_weight, batched=batched)
         t0 = time.time()
         train.train(model, splits, cfg, None if scheme == "plain" else trigger, args.device,
                     progress=False)

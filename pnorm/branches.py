@@ -2,9 +2,10 @@
 
 Until the first unit whose branches differ (a passport layer, or a plain unit with a private
 branch-1 normaliser), both branches see the same activations. ``run_both`` computes that prefix
-once (``forward_shared``) and then runs the rest either as one batch of both halves (CUDA: half
-the kernel launches) or one branch after the other (CPU: batching gains nothing there and costs
-a concatenation per layer; ``benchmarks/train_speed.py`` measures both).
+once (``forward_shared``) and then runs the rest either as one batch of both halves (CUDA, for
+half the kernel launches) or one branch after the other (CPU, where batching gains nothing and
+costs a concatenation per layer). ``benchmarks/train_speed.py`` times the mode not chosen
+(``other_mode_over_batched``), so either choice can be checked on any device.
 """
 
 from __future__ import annotations

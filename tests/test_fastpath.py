@@ -69,14 +69,17 @@ def test_automatic_speed_knobs_are_off_on_the_cpu():
         amp_dtype(replace(cfg, amp="fp8"), "cpu")
 
 
+@pytest.mark.parametrize("concat", [False, True], ids=["split", "concat"])
 @pytest.mark.parametrize("arch", ["alexnet", "resnet-faithful", "resnet-standard"])
-def test_channels_last_step_equals_the_reference_step(arch):
+def test_channels_last_step_equals_the_reference_step(arch, concat):
     """NHWC activations and weights: same losses, gradients and updated weights as NCHW.
 
-    In float64, so that no rounding difference can flip a ReLU and hide a real difference.
+    ``concat`` runs the branches as one batch, as on CUDA. In float64, so that no rounding
+    difference can flip a ReLU and hide a real difference.
     """
     ref = _keyed(arch).double()
     fast = copy.deepcopy(ref).to(memory_format=torch.channels_last)
+    fast.batch_branches = concat
     g = torch.Generator().manual_seed(0)
     x = torch.randn(8, 3, 32, 32, generator=g, dtype=torch.float64)
     y = torch.randint(0, 10, (8,), generator=g)

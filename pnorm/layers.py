@@ -96,16 +96,21 @@ def _make_norm(kind: NormKind, channels: int, ndim: int, affine: bool) -> nn.Mod
 
 
 def _affine_batch_norm(norm: nn.modules.batchnorm._BatchNorm, z: torch.Tensor,
-                       weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """``norm`` (a non-affine BatchNorm) followed by the affine ``weight, bias``, in one kernel.
+                       weight: torch.Tensor | None, bias: torch.Tensor | None,
+                       updates: int = 1) -> torch.Tensor:
+    """``norm`` (its statistics, running averages, counter) with the affine ``weight, bias``.
 
-    What ``BatchNorm`` does in its forward (statistics, running averages, counter), with the
-    affine passed in; fusing it saves two passes over the activations per branch.
+    One kernel instead of BatchNorm + a separate affine. ``updates=2`` leaves the running
+    statistics as two calls on the same batch would: two momentum-``m`` updates with one batch
+    mean equal one with ``1 - (1 - m)^2`` (cumulative averaging: ``2 / t``), counter +2.
     """
     if norm.training and norm.track_running_stats:
-        norm.num_batches_tracked.add_(1)
-        momentum = (1.0 / float(norm.num_batches_tracked) if norm.momentum is None
-                    else norm.momentum)
+        norm.num_batches_tracked.add_(updates)
+        if norm.momentum is None:
+            momentum = updates / float(norm.num_batches_tracked)
+        else:  # (1 - (1 - m)^1 is not m in floating point, so one update keeps m itself)
+            momentum = (norm.momentum if updates == 1
+                        else 1.0 - (1.0 - norm.momentum) ** updates)
     else:
         momentum = 0.0
     use_batch = norm.training or norm.running_mean is None
@@ -114,21 +119,10 @@ def _affine_batch_norm(norm: nn.modules.batchnorm._BatchNorm, z: torch.Tensor,
 
 
 def _batch_norm_twice(norm: nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """``norm(z)``, leaving running statistics as two calls on the same batch would leave them.
-
-    Two momentum-``m`` updates with one batch mean equal one update with ``1 - (1 - m)^2``
-    (cumulative averaging, ``momentum=None``: ``2 / (t + 2)``), and the counter advances by 2.
-    """
-    if not (isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.training
-            and norm.track_running_stats):
-        return norm(z)
-    norm.num_batches_tracked.add_(2)
-    if norm.momentum is None:
-        momentum = 2.0 / float(norm.num_batches_tracked)
-    else:
-        momentum = 1.0 - (1.0 - norm.momentum) ** 2
-    return F.batch_norm(z, norm.running_mean, norm.running_var, norm.weight, norm.bias, True,
-                        momentum, norm.eps)
+    """``norm(z)`` for two branches that share ``z``: BatchNorm statistics updated twice."""
+    if isinstance(norm, nn.modules.batchnorm._BatchNorm):
+        return _affine_batch_norm(norm, z, norm.weight, norm.bias, updates=2)
+    return norm(z)
 
 
 def _batch_norm_halves(x: torch.Tensor, norms: tuple[nn.Module, nn.Module]) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """Removal attacks on a released model: fine-tuning to a new task and magnitude pruning.
 
-Each attack starts from what the attacker holds, the public export (PAN_SPEC §5a–§5b), and the
-owner measures the result by re-attaching the vault. Results are tidy records (lists of dicts)
-that chapters turn into tables and plots. Forgery (ambiguity) attacks live in ``forgery.py``.
+Each attack starts from what the attacker holds, the public export, and the owner measures the
+result by re-attaching the vault. Results are tidy records (lists of dicts) that chapters turn
+into tables and plots. Forgery (ambiguity) attacks live in ``forgery.py``.
 """
 
 from __future__ import annotations
@@ -18,17 +18,16 @@ from torch.nn.utils import prune
 from tqdm.auto import tqdm
 
 from .batches import Data, trigger_data
-from .data import ImageSplits
+from .images import ImageSplits
 from .layers import ConvNormAct, PassportAwareNorm
-from .pointdata import PointSplits
-from .train import TrainConfig, train
+from .points import PointSplits
+from .recipes import Preset, Recipe, get_preset
+from .training import TrainConfig, train
 from .vault import Vault
 from .verify import binomial_tail, evaluate, signature_detection
 
 __all__ = [
-    "FINETUNE_PRESETS",
     "FineTuneConfig",
-    "PRUNE_PRESETS",
     "fine_tune",
     "finetune_config",
     "prune_model",
@@ -38,45 +37,32 @@ __all__ = [
 _NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm)
 
 
-# ------------------------------------------------------------------ fine-tuning (§5a)
+# ------------------------------------------------------------------ fine-tuning
+# (book/method.md#method-fine-tuning)
 
 
 @dataclass(frozen=True)
 class FineTuneConfig:
-    """The attacker's transfer-learning recipe (PAN_SPEC §5a): new head, all layers trained.
+    """The attacker's transfer-learning run (book/method.md#method-fine-tuning): new head, all
+    layers trained with cross-entropy, no triggers.
 
-    Defaults are the original's image recipe (SGD lr 1e-3, batch 64, no triggers, 200 epochs
-    with the default step schedule); its 3-D recipe is Adam 1e-3, weight decay 1e-4, ×0.7
-    every 20 epochs, batch 16. Chapters scale ``epochs``/``lr`` to their profile and say so.
+    The default recipe is the original's image recipe (SGD lr 1e-3, batch 64, 200 epochs with
+    the default step schedule); its 3-D recipe is Adam 1e-3, weight decay 1e-4, ×0.7 every 20
+    epochs, batch 16. Chapters scale the recipe to their profile and say so.
     """
 
-    epochs: int = 200
-    lr: float = 0.001
-    optimizer: str = "sgd"  # "sgd" or "adam"
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 64
-    milestones: tuple[int, ...] = (100, 150)
-    lr_gamma: float = 0.1
-    augment: bool = True
+    recipe: Recipe = Recipe(lr=0.001)
     # The original's clone never received the passport layers' BN running statistics (they
-    # were saved as ``bn0.*`` and loaded non-strictly as ``bn.*``, PAN_SPEC §8.9).
+    # were saved as ``bn0.*`` and loaded non-strictly as ``bn.*``): see the presets.
     reset_bn_stats: bool = False
     seed: int = 0
     eval_batch_size: int = 500
 
 
-FINETUNE_PRESETS: dict[str, dict] = {
-    "faithful": {"reset_bn_stats": True},
-    "clean": {"reset_bn_stats": False},
-}
-
-
 def finetune_config(preset: str, **overrides: Any) -> FineTuneConfig:
     """A ``FineTuneConfig`` for a named preset (``faithful`` or ``clean``) with overrides."""
-    if preset not in FINETUNE_PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {list(FINETUNE_PRESETS)}")
-    return replace(FineTuneConfig(**FINETUNE_PRESETS[preset]), **overrides)
+    base = FineTuneConfig(reset_bn_stats=get_preset(preset).reset_bn_stats)
+    return replace(base, **overrides)
 
 
 def _head_name(model: nn.Module) -> str:
@@ -181,14 +167,9 @@ def fine_tune(
         return out
 
     first = {"epoch": -1, **measure(attacker.to(device), None)}
-    recipe = TrainConfig(
-        epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
-        optimizer=config.optimizer, momentum=config.momentum, weight_decay=config.weight_decay,
-        milestones=config.milestones, lr_gamma=config.lr_gamma, triggers_per_batch=0,
-        select="last",
-        augment=config.augment, seed=config.seed, eval_batch_size=batch,
-    )
-    result = train(attacker, new_task, recipe, None, device, progress=progress, desc=desc,
+    run = TrainConfig(recipe=config.recipe, triggers_per_batch=0, select="last",
+                      seed=config.seed, eval_batch_size=batch)
+    result = train(attacker, new_task, run, None, device, progress=progress, desc=desc,
                    on_epoch=measure)
     keys = ("epoch", "new_task_acc", "detection", "matches", "bits", "log10_p", "trigger_acc",
             "weight_change")
@@ -198,25 +179,17 @@ def fine_tune(
     return result.model, records
 
 
-# ------------------------------------------------------------------ pruning (§5b)
+# ------------------------------------------------------------------ pruning
+# (book/method.md#method-pruning)
 
-# faithful: prune the owner's full protected model; every parameter counts towards the global
-# threshold, but those whose name contains one of `exempt_names` are restored afterwards (the
-# original's substring test on "fc", which hits exactly the passport MLPs in the image models).
-# clean: prune what the attacker holds, the public model; normalisation layers exempt by type.
-PRUNE_PRESETS: dict[str, dict] = {
-    "faithful": {"target": "protected", "exempt_names": ("mlp", "fc")},
-    "clean": {"target": "public", "exempt_names": ()},
-}
-
-
-def _prunable(model: nn.Module, preset: str) -> list[tuple[nn.Module, str]]:
+def _prunable(model: nn.Module, preset: Preset) -> list[tuple[nn.Module, str]]:
     """(module, parameter name) pairs that enter the global magnitude ranking."""
     pairs = []
     for module in model.modules():
         for pname, _ in module.named_parameters(recurse=False):
-            if preset == "clean" and (isinstance(module, _NORM_TYPES) or pname != "weight"):
-                continue  # clean: conv and linear weights only
+            if not preset.prune_all_parameters and (isinstance(module, _NORM_TYPES)
+                                                    or pname != "weight"):
+                continue  # conv and linear weights only
             pairs.append((module, pname))
     return pairs
 
@@ -226,18 +199,17 @@ def prune_model(model: nn.Module, ratio: float, preset: str = "clean") -> tuple[
     """One-shot global unstructured L1 pruning of a copy of ``model`` (no retraining).
 
     Uses ``torch.nn.utils.prune.global_unstructured``; ``preset`` picks which parameters count
-    and which are exempt (``PRUNE_PRESETS``). Returns the pruned copy and what was zeroed.
+    and which are exempt (``pnorm.recipes.PRESETS``). Returns the pruned copy and what was
+    zeroed.
     """
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"pruning ratio must be in [0, 1], got {ratio}")
-    if preset not in PRUNE_PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {list(PRUNE_PRESETS)}")
+    rules = get_preset(preset)
     pruned = copy.deepcopy(model)
     names = {id(m): n for n, m in pruned.named_modules()}
-    pairs = _prunable(pruned, preset)
-    exempt_names = PRUNE_PRESETS[preset]["exempt_names"]
+    pairs = _prunable(pruned, rules)
     exempt = [(m, p) for m, p in pairs
-              if any(s in f"{names[id(m)]}.{p}" for s in exempt_names)]
+              if any(s in f"{names[id(m)]}.{p}" for s in rules.prune_exempt)]
     kept = [pair for pair in pairs if pair not in exempt]
     saved = [getattr(m, p).detach().clone() for m, p in exempt]
     zeroed = 0
@@ -269,11 +241,11 @@ def pruning_sweep(
     """Prune at each ratio and measure both branches, the trigger set and the signature.
 
     ``clean`` prunes the public model and re-attaches the vault; ``faithful`` prunes the
-    owner's protected model in place of it (PAN_SPEC §5b). One record per ratio.
+    owner's protected model in place of it (book/method.md#method-pruning). One record per ratio.
     """
     if not any(isinstance(m, PassportAwareNorm) for m in protected.modules()):
         raise ValueError("`protected` must be the owner's model with its passport layers")
-    target = protected if PRUNE_PRESETS[preset]["target"] == "protected" else public
+    target = protected if get_preset(preset).prune_target == "protected" else public
     trigger = trigger_data(vault)
     records = []
     for ratio in tqdm(ratios, desc=f"pruning ({preset})", disable=not progress):

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .data import ImageData, augment_crop_flip, normalize
-from .pointdata import PointData, augment_points
+from .images import ImageData, augment_crop_flip, normalize
+from .points import PointData, augment_points
 from .vault import Vault
 
 __all__ = ["Data", "augment_batch", "model_inputs", "raw_inputs", "trigger_data"]
@@ -39,7 +39,8 @@ def model_inputs(raw: torch.Tensor, mean: Sequence[float] | None,
 
 
 def augment_batch(raw: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Training augmentation of the data kind: crop+flip for images, PAN_SPEC §6.1 for clouds."""
+    """Training augmentation of the data kind: crop+flip for images,
+    book/method.md#method-point-clouds for clouds."""
     if raw.dtype == torch.uint8:
         return augment_crop_flip(raw, generator)
     return augment_points(raw, generator)

@@ -1,6 +1,7 @@
 """The expanded-residual-block (ERB) ambiguity attack of CVPR 2023, adapted to PAN's release.
 
-Chen et al. (CVPR 2023, PAN_SPEC §9) replace each passport layer's affine by a normalisation
+Chen et al. (CVPR 2023, book/method.md#method-later-attacks) replace each passport layer's affine
+by a normalisation
 whose scale γ goes through a trainable *expanded residual block* before use, ``γ + block(γ)``
 (IERB: an independent 1→10→1 MLP per channel; CERB: one C→C/8→C MLP over all channels), and
 train γ, β and the block with cross-entropy only on ≤10 % of the training data. The reported
@@ -16,7 +17,8 @@ vault names) that is about as accurate as the release and whose scale signs form
 can present. Only γ, β and the block are trained; convolutions and classifier stay frozen.
 
 What this shows, and what it does not. PAN's signature is read from the *removed* branch
-(s_γ = conv(P_γ), PAN_SPEC §2), so the signs of the released γ0 are unrelated to it: starting
+(s_γ = conv(P_γ), book/method.md#method-sign-loss), so the signs of the released γ0 are unrelated
+to it: starting
 from γ0, BDR before any training is the share of owner bits that disagree with sign(γ0) (BN
 scales usually stay positive, so: the share of −1 bits, ≈ 50 % for random bits), and training
 cannot aim at the owner's bits, which the attacker never sees. Starting from γ0 the forgery
@@ -26,14 +28,14 @@ start (``init="random"``, as CVPR 2023's Fig. 1) and is what ``release_bdr`` mea
 attack therefore does not "erase" PAN's signature; it shows that anyone can build a
 differently-signed, accurate scale branch from the release, whose self-detection is 1.0 by
 construction. The owner's protocol must rule such claims out by other means (e.g. the owner's
-branch is committed and timestamped before release, PAN_SPEC §4).
+branch is committed and timestamped before release, book/method.md#method-verification).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -42,10 +44,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .batches import Data, augment_batch, model_inputs, raw_inputs
-from .data import _derive_seed
-from .layers import ConvNormAct, _channel_view, _make_norm
-from .models import replace_module
-from .train import make_optimizer
+from .layers import ConvNormAct, channel_view, make_norm
+from .recipes import Recipe, flat_fields, make_optimizer
+from .rng import derive_seed
+from .units import replace_module
 from .vault import Vault
 from .verify import binomial_tail, evaluate
 
@@ -109,7 +111,7 @@ class ERBNormUnit(nn.Module):
         self.conv = copy.deepcopy(unit.conv).requires_grad_(False)
         c = unit.norm.weight.numel()
         ndim = 2 if isinstance(unit.conv, nn.Linear) else unit.conv.weight.dim()
-        self.norm = _make_norm(unit.norm_kind, c, ndim, affine=False).to(unit.norm.weight.device)
+        self.norm = make_norm(unit.norm_kind, c, ndim, affine=False).to(unit.norm.weight.device)
         if unit.norm_kind == "bn":
             self.norm.load_state_dict({k: v for k, v in unit.norm.state_dict().items()
                                        if k not in ("weight", "bias")})
@@ -132,7 +134,7 @@ class ERBNormUnit(nn.Module):
         if branch != 0:
             raise ValueError("a forged model has only its own (deployed) branch: use branch=0")
         z = self.norm(self.conv(x))
-        scale, shift = _channel_view(self.scale(), z.dim()), _channel_view(self.beta, z.dim())
+        scale, shift = channel_view(self.scale(), z.dim()), channel_view(self.beta, z.dim())
         return self.act(z * scale + shift)
 
 
@@ -142,32 +144,23 @@ class ERBConfig:
 
     kind: Literal["cerb", "ierb", "none"] = "cerb"  # "none": optimise γ, β directly (baseline)
     data_fraction: float = 0.1  # share of the training set the attacker holds
-    epochs: int = 20
-    lr: float = 0.01
-    schedule: Literal["constant", "cosine"] = "constant"  # cosine: lr decays to 0 by the end
-    optimizer: Literal["adam", "sgd"] = "adam"
-    momentum: float = 0.9  # SGD only
-    weight_decay: float = 0.0
-    batch_size: int = 64
     init: Literal["released", "random"] = "released"  # γ0, β0 of the release, or ±1 and 0
     reestimate_bn: bool = True  # BN in train mode during the attack (batch stats, updated)
     zero_last: bool = True  # the block's output layer starts at zero: ERB(γ) = γ at epoch 0
     ierb_hidden: int = 10
     cerb_reduction: int = 8
-    augment: bool = True
     seed: int = 0
+    recipe: Recipe = Recipe(epochs=20, optimizer="adam", lr=0.01, weight_decay=0.0,
+                            milestones=())  # lr_schedule="cosine" decays it to 0 by the end
 
     def __post_init__(self) -> None:
-        choices = {"kind": ("cerb", "ierb", "none"), "optimizer": ("adam", "sgd"),
-                   "init": ("released", "random"), "schedule": ("constant", "cosine")}
+        choices = {"kind": ("cerb", "ierb", "none"), "init": ("released", "random")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not 0.0 < self.data_fraction <= 1.0:
             raise ValueError(f"data_fraction must be in (0, 1], got {self.data_fraction}")
-        if self.epochs < 0:
-            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
-        for name in ("lr", "batch_size", "ierb_hidden", "cerb_reduction"):
+        for name in ("ierb_hidden", "cerb_reduction"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
@@ -208,8 +201,8 @@ def _forged_model(public: nn.Module, vault: Vault, config: ERBConfig) -> nn.Modu
     derived, never the raw seed: a ``manual_seed(1)`` draw of ±1 would replay the signature of
     an owner keyed with ``manual_seed(1)`` (as the test fixture is) and fake a tiny BDR.
     """
-    g_init = torch.Generator().manual_seed(_derive_seed(config.seed, "erb", "init"))
-    g_erb = torch.Generator().manual_seed(_derive_seed(config.seed, "erb", "block"))
+    g_init = torch.Generator().manual_seed(derive_seed(config.seed, "erb", "init"))
+    g_erb = torch.Generator().manual_seed(derive_seed(config.seed, "erb", "block"))
     model = copy.deepcopy(public).requires_grad_(False)
     modules = dict(model.named_modules())
     kwargs = {"hidden": config.ierb_hidden, "reduction": config.cerb_reduction,
@@ -250,11 +243,11 @@ def _train_epoch(model, opt, images, labels, mean, std, config: ERBConfig, g) ->
             if isinstance(m, ERBNormUnit):
                 m.norm.train()
     n = len(labels)
-    bs = min(config.batch_size, n)
+    bs = min(config.recipe.batch_size, n)
     order = torch.randperm(n, generator=g).to(labels.device)
     for i in range(0, n - bs + 1, bs):
         idx = order[i : i + bs]
-        x = augment_batch(images[idx], g) if config.augment else images[idx]
+        x = augment_batch(images[idx], g) if config.recipe.augment else images[idx]
         loss = F.cross_entropy(model(model_inputs(x, mean, std)), labels[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -275,16 +268,15 @@ def erb_forgery(public: nn.Module, vault: Vault, attacker_data: Data, test: Data
     ``reference_accuracy``: the release's test accuracy if known (else it is evaluated).
     """
     # data subset and batches; one permutation per seed, so subsets nest across fractions
-    g = torch.Generator().manual_seed(_derive_seed(config.seed, "erb", "data"))
+    g = torch.Generator().manual_seed(derive_seed(config.seed, "erb", "data"))
     release = copy.deepcopy(public).to(device)  # the caller's model is never moved or changed
     model = _forged_model(release, vault, config).to(device)
     params = [p for m in model.modules() if isinstance(m, ERBNormUnit)
               for p in (m.gamma, m.beta, *m.erb.parameters())]
     for p in params:
         p.requires_grad_(True)
-    opt = make_optimizer(params, config)
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, config.epochs))
-             if config.schedule == "cosine" else None)
+    opt = make_optimizer(params, config.recipe)
+    lrs = config.recipe.epoch_lrs()
     n = max(1, int(round(config.data_fraction * len(attacker_data))))  # as forge_passports
     chosen = torch.randperm(len(attacker_data), generator=g)[:n]
     images = raw_inputs(attacker_data)[chosen].to(device)
@@ -296,18 +288,18 @@ def erb_forgery(public: nn.Module, vault: Vault, attacker_data: Data, test: Data
         "release_bdr": scale_bits(torch.cat([units[name].norm.weight for name in vault.layers])),
         "sign_changes": scale_bits(_pooled_scales(model, vault)),
     }
-    flags = {**asdict(config), "attacker_images": n, "deployed_accuracy": deployed}
+    flags = {**flat_fields(config), "attacker_images": n, "deployed_accuracy": deployed}
 
     def record(epoch: int) -> dict:
         r = _measure(model, vault, references, test, mean, std, device, eval_batch_size)
         return {"epoch": epoch, **flags, **r, "accuracy_drop": deployed - r["accuracy"]}
 
     records = [record(0)]
-    for epoch in tqdm(range(1, config.epochs + 1), desc=desc, disable=not progress):
+    for epoch in tqdm(range(1, config.recipe.epochs + 1), desc=desc, disable=not progress):
+        for group in opt.param_groups:
+            group["lr"] = lrs[epoch - 1]
         _train_epoch(model, opt, images, labels, mean, std, config, g)
-        if sched is not None:
-            sched.step()
-        if every_epoch or epoch == config.epochs:
+        if every_epoch or epoch == config.recipe.epochs:
             records.append(record(epoch))
     for p in params:
         p.requires_grad_(False)

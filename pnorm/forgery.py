@@ -1,14 +1,15 @@
 """Ambiguity attacks: forge passports (and a signature) that make a released model work.
 
 An attacker who claims the model must present passports under which the passport branch is
-accurate and the claimed signature is read back (PAN_SPEC §5c–§5d). What the attacker knows and
+accurate and the claimed signature is read back (book/method.md#method-ambiguity). What the
+attacker knows and
 trains is a ``ThreatModel``: explicit switches, never substring tests on a name. The original
 code's two attacks are named configurations in ``THREAT_MODELS``.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -17,8 +18,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .batches import Data, augment_batch, model_inputs, raw_inputs
-from .models import passport_layers
-from .train import make_optimizer
+from .recipes import Recipe, flat_fields, make_optimizer
+from .units import passport_layers
 from .vault import Vault
 from .verify import Thresholds, binomial_tail, evaluate, signature_detection
 
@@ -29,6 +30,10 @@ __all__ = [
     "forge_passports",
     "threat_model",
 ]
+
+
+# The forger's default budget: Adam at a constant 0.01 for 100 epochs (the original: SGD).
+FORGE_RECIPE = Recipe(epochs=100, optimizer="adam", lr=0.01, milestones=())
 
 
 @dataclass(frozen=True)
@@ -54,14 +59,11 @@ class ThreatModel:
     sign_weight: float = 1.0  # weight of the sign loss towards the claimed signature
     distance_weight: float = 0.0  # weight of Σ 1/MSE(true, forged): needs the true passports
     data_fraction: float = 1.0  # share of the training set the attacker holds
-    epochs: int = 100
-    optimizer: Literal["sgd", "adam"] = "adam"  # the original used SGD (momentum 0.9)
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 64
     grad_clip: float = 2.0
-    augment: bool = True
+    # The original's Attack I keeps the two forged passports in one storage, so P_gamma and
+    # P_beta stay identical; False forges two separate passports (more freedom).
+    shared_passports: bool = False
+    recipe: Recipe = FORGE_RECIPE  # the original used SGD (momentum 0.9), no schedule
 
     def __post_init__(self) -> None:
         if self.init not in ("random", "true"):
@@ -70,8 +72,6 @@ class ThreatModel:
             raise ValueError(f"flip must be a fraction in [0, 1], got {self.flip}")
         if not 0.0 < self.data_fraction <= 1.0:
             raise ValueError(f"data_fraction must be in (0, 1], got {self.data_fraction}")
-        if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
         if self.construct and self.know_mlp:
             raise ValueError("construct fits the attacker's own MLP, so it needs know_mlp=False")
         if self.distance_weight and self.init != "true":
@@ -84,17 +84,18 @@ THREAT_MODELS: dict[str, ThreatModel] = {
     # with Adam (a capable attacker; the original attacks used plain SGD).
     "release-holder": ThreatModel(),
     # The same attacker, data-free: closed-form passports and MLP, no training at all.
-    "release-holder-construct": ThreatModel(construct=True, epochs=0),
+    "release-holder-construct": ThreatModel(construct=True,
+                                            recipe=replace(FORGE_RECIPE, epochs=0)),
     # The original `--type fake2-…` (Attack I): the owner's full checkpoint (MLP, BN¹ kept),
     # random passports, cross-entropy only; BN¹ re-estimated in train mode.
     "original-attack-1": ThreatModel(
         init="random", know_mlp=True, train_mlp=False, know_bn1=True, sign_weight=0.0,
-        optimizer="sgd"),
+        shared_passports=True, recipe=replace(FORGE_RECIPE, optimizer="sgd")),
     # The original `fake3s` (Attack II): true passports + noise, a re-initialised MLP that is
     # never optimised, CE + distance + sign loss towards a signature with `flip` bits changed.
     "original-attack-2": ThreatModel(
         init="true", know_mlp=False, train_mlp=False, know_bn1=True, flip=0.1,
-        distance_weight=1.0, optimizer="sgd"),
+        distance_weight=1.0, recipe=replace(FORGE_RECIPE, optimizer="sgd")),
 }
 
 
@@ -110,7 +111,8 @@ def flip_signature(
 ) -> torch.Tensor:
     """A copy of one layer's ±1 ``signature`` with exactly ⌊fraction·C⌋ bits negated.
 
-    The bits are drawn without replacement (PAN_SPEC §5d); the input is never modified.
+    The bits are drawn without replacement (book/method.md#method-ambiguity); the input is never
+    modified.
     """
     n = int(fraction * signature.numel() + 1e-9)
     flipped = signature.clone()
@@ -135,9 +137,11 @@ def _attacker_model(
         true[name] = (layer.passport_gamma.clone(), layer.passport_beta.clone())
         claimed[name] = flip_signature(layer.signature, threat.flip, g)
         layer.signature.copy_(claimed[name])
-        for buf in (layer.passport_gamma, layer.passport_beta):  # separate storage (§8.7)
+        for buf in (layer.passport_gamma, layer.passport_beta):  # forged in place, never aliased
             noise = torch.randn(buf.shape, generator=g)
             buf.copy_(noise if threat.init == "random" else buf + 0.001 * noise)
+        if threat.shared_passports:  # one storage for both, as the original's Attack I
+            layer.passport_beta = layer.passport_gamma
         if layer.mlp is not None and not threat.know_mlp:
             for m in layer.mlp.modules():
                 if isinstance(m, nn.Linear):
@@ -232,9 +236,12 @@ def _fit_mlp_to_public(layer: nn.Module) -> None:
 def _trainables(model: nn.Module, threat: ThreatModel) -> list[torch.Tensor]:
     tensors = []
     for layer in passport_layers(model).values():
-        layer.passport_gamma.requires_grad_(True)
-        layer.passport_beta.requires_grad_(True)
-        tensors += [layer.passport_gamma, layer.passport_beta]
+        passports = [layer.passport_gamma]
+        if layer.passport_beta is not layer.passport_gamma:  # a shared one is optimised once
+            passports.append(layer.passport_beta)
+        for passport in passports:
+            passport.requires_grad_(True)
+            tensors.append(passport)
         if threat.train_mlp and layer.mlp is not None:
             for p in layer.mlp.parameters():
                 p.requires_grad_(True)
@@ -323,28 +330,32 @@ def forge_passports(
     model = model.to(device)
     true = {k: (a.to(device), b.to(device)) for k, (a, b) in true.items()}
     params = _trainables(model, threat)
-    opt = make_optimizer(params, threat)
+    recipe = threat.recipe
+    opt = make_optimizer(params, recipe)
+    lrs = recipe.epoch_lrs()
     n = max(1, int(round(threat.data_fraction * len(attacker_data))))
     chosen = torch.randperm(len(attacker_data), generator=g)[:n]
     samples = raw_inputs(attacker_data)[chosen].to(device)
     labels = attacker_data.labels[chosen].to(device)
-    flags = asdict(threat)
+    flags = flat_fields(threat)
     records = [{"epoch": 0, **flags, **_measure(model, vault, true, test, mean, std, device,
                                                  eval_batch_size)}]
-    bs = min(threat.batch_size, n)
-    for epoch in tqdm(range(1, threat.epochs + 1), desc=desc, disable=not progress):
+    bs = min(recipe.batch_size, n)
+    for epoch in tqdm(range(1, recipe.epochs + 1), desc=desc, disable=not progress):
+        for group in opt.param_groups:
+            group["lr"] = lrs[epoch - 1]
         _set_mode(model, threat)
         order = torch.randperm(n, generator=g).to(device)
         for i in range(0, n - bs + 1, bs):
             idx = order[i : i + bs]
-            x = augment_batch(samples[idx], g) if threat.augment else samples[idx]
+            x = augment_batch(samples[idx], g) if recipe.augment else samples[idx]
             loss = _loss(model, model_inputs(x, mean, std), labels[idx], threat, true)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if threat.grad_clip:
                 nn.utils.clip_grad_norm_(params, threat.grad_clip)
             opt.step()
-        if every_epoch or epoch == threat.epochs:
+        if every_epoch or epoch == recipe.epochs:
             records.append({"epoch": epoch, **flags, **_measure(
                 model, vault, true, test, mean, std, device, eval_batch_size)})
     for p in params:

@@ -2,8 +2,10 @@
 
 A PAN layer is ``conv -> norm -> affine -> activation`` with two branches that share the
 convolution: branch 0 (public) uses learned ``gamma0, beta0``; branch 1 (private) derives its
-affine from the owner's passports through a small per-layer MLP (PAN_SPEC §1.1). The same class,
-with ``mlp=False, shared_stats=True``, is the DeepIPR-style baseline layer (PAN_SPEC §1.7).
+affine from the owner's passports through a small per-layer MLP (book/method.md#method-layer). The
+same class,
+with ``mlp=False, shared_stats=True``, is the DeepIPR-style baseline layer
+(book/method.md#method-deepipr).
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ def check_branch(branch: Branch) -> Branch:
 def sign_loss(
     scale: torch.Tensor, signature: torch.Tensor, alpha: float = 0.1, margin: float = 0.1
 ) -> torch.Tensor:
-    """Hinge loss that pushes sign(scale) towards the signature bits (PAN_SPEC §2).
+    """Hinge loss that pushes sign(scale) towards the signature bits
+    (book/method.md#method-sign-loss).
 
     alpha * sum(max(0, margin - b*s)) plus a tiny 1e-5 * sum(s^2) term, as in the original.
     """
@@ -48,7 +51,7 @@ def sign_loss(
     return alpha * hinge + 1e-5 * scale.pow(2).sum()
 
 
-def _channel_view(v: torch.Tensor, ndim: int) -> torch.Tensor:
+def channel_view(v: torch.Tensor, ndim: int) -> torch.Tensor:
     """Reshape a per-channel vector so it broadcasts over an N×C×... activation."""
     return v.view(1, -1, *([1] * (ndim - 2)))
 
@@ -83,7 +86,7 @@ def _norm_num_groups(channels: int) -> int:
     return max(1, channels // 16)
 
 
-def _make_norm(kind: NormKind, channels: int, ndim: int, affine: bool) -> nn.Module:
+def make_norm(kind: NormKind, channels: int, ndim: int, affine: bool) -> nn.Module:
     if kind == "bn":
         return nn.BatchNorm2d(channels, affine=affine) if ndim == 4 else nn.BatchNorm1d(
             channels, affine=affine
@@ -148,7 +151,7 @@ class ConvNormAct(nn.Sequential):
         super().__init__(
             OrderedDict(
                 conv=weight_layer,
-                norm=_make_norm(norm, channels, ndim, affine=True),
+                norm=make_norm(norm, channels, ndim, affine=True),
                 act=nn.ReLU() if activation else nn.Identity(),
             )
         )
@@ -174,7 +177,8 @@ class BranchNormUnit(nn.Module):
     A plain unit that follows a passport layer sees different activations in the two branches;
     one shared BatchNorm would average their running statistics and break branch 1 in eval
     mode. So branch 1 gets its own affine BatchNorm (the original PointNet's per-branch BN in
-    the T-Nets, PAN_SPEC §6.3). The release keeps ``norm``; the vault keeps ``norm1``.
+    the T-Nets, book/method.md#method-point-clouds). The release keeps ``norm``; the vault keeps
+    ``norm1``.
     """
 
     def __init__(self, weight_layer: WeightLayer, activation: bool = True):
@@ -182,8 +186,8 @@ class BranchNormUnit(nn.Module):
         channels = _weight_out_features(weight_layer)
         ndim = 2 if isinstance(weight_layer, nn.Linear) else weight_layer.weight.dim()
         self.conv = weight_layer
-        self.norm = _make_norm("bn", channels, ndim, affine=True)
-        self.norm1 = _make_norm("bn", channels, ndim, affine=True)
+        self.norm = make_norm("bn", channels, ndim, affine=True)
+        self.norm1 = make_norm("bn", channels, ndim, affine=True)
         self.act = nn.ReLU() if activation else nn.Identity()
         self.norm_kind: NormKind = "bn"
 
@@ -203,7 +207,7 @@ class BranchNormUnit(nn.Module):
 
     def to_public(self) -> ConvNormAct:
         """The deployable unit: the conv, branch 0's normaliser and the activation (copies)."""
-        unit = ConvNormAct(_clone_weight_layer(self.conv, with_bias=False), "bn",
+        unit = ConvNormAct(clone_weight_layer(self.conv, with_bias=False), "bn",
                            activation=isinstance(self.act, nn.ReLU))
         unit.norm.load_state_dict(self.norm.state_dict())
         return unit.to(self.conv.weight.device)
@@ -212,7 +216,7 @@ class BranchNormUnit(nn.Module):
     def from_public(cls, unit: ConvNormAct, norm1_state: dict[str, torch.Tensor]
                     ) -> BranchNormUnit:
         """Re-attach a private branch-1 normaliser to a released ``unit`` (copies)."""
-        new = cls(_clone_weight_layer(unit.conv, with_bias=False),
+        new = cls(clone_weight_layer(unit.conv, with_bias=False),
                   activation=isinstance(unit.act, nn.ReLU))
         new.norm.load_state_dict(unit.norm.state_dict())
         new.norm1.load_state_dict(norm1_state)
@@ -225,7 +229,8 @@ class PassportAwareNorm(nn.Module):
     Branch 0 uses ``gamma0, beta0`` and ``norm0``; branch 1 uses ``norm1`` (or ``norm0`` when
     ``shared_stats``) and ``gamma1 = M(s_gamma)``, ``beta1 = M(s_beta)`` where ``s`` is the mean
     of the layer's own convolution applied to the passport. ``mlp=False`` gives DeepIPR's
-    ``gamma1 = s_gamma``. The signature is read from ``s_gamma`` (pre-MLP), PAN_SPEC §1–§2.
+    ``gamma1 = s_gamma``. The signature is read from ``s_gamma`` (pre-MLP),
+    book/method.md#method-layer.
     """
 
     def __init__(
@@ -246,10 +251,10 @@ class PassportAwareNorm(nn.Module):
         self.shared_stats = bool(shared_stats)
         self.activation = bool(activation)
         self.sign_alpha = float(sign_alpha)
-        self.norm0 = _make_norm(norm, channels, ndim, affine=False)
+        self.norm0 = make_norm(norm, channels, ndim, affine=False)
         # With shared statistics (or stateless GN/none) there is no second normaliser.
         self.norm1 = (
-            _make_norm(norm, channels, ndim, affine=False)
+            make_norm(norm, channels, ndim, affine=False)
             if norm == "bn" and not shared_stats
             else None
         )
@@ -344,7 +349,7 @@ class PassportAwareNorm(nn.Module):
             if isinstance(norm, nn.GroupNorm):
                 return F.group_norm(z, norm.num_groups, gamma, beta, norm.eps)
         z = norm(z)
-        return z * _channel_view(gamma, z.dim()) + _channel_view(beta, z.dim())
+        return z * channel_view(gamma, z.dim()) + channel_view(beta, z.dim())
 
     def to_public(self) -> ConvNormAct:
         """Fold branch 0 into an ordinary ``conv -> norm(affine) -> act`` unit (no secrets).
@@ -352,7 +357,7 @@ class PassportAwareNorm(nn.Module):
         BN: norm0's running statistics + gamma0/beta0 become an affine BatchNorm. GN: an affine
         GroupNorm. No norm: gamma0/beta0 are folded into the conv weight and bias.
         """
-        conv = _clone_weight_layer(self.conv, with_bias=self.norm_kind == "none")
+        conv = clone_weight_layer(self.conv, with_bias=self.norm_kind == "none")
         unit = ConvNormAct(conv, norm=self.norm_kind, activation=self.activation)
         with torch.no_grad():
             if self.norm_kind == "none":
@@ -375,7 +380,7 @@ class PassportAwareNorm(nn.Module):
         )
 
 
-def _clone_weight_layer(layer: WeightLayer, with_bias: bool) -> WeightLayer:
+def clone_weight_layer(layer: WeightLayer, with_bias: bool) -> WeightLayer:
     """A fresh copy of a conv/linear layer's weights, optionally adding a bias parameter."""
     bias = with_bias or layer.bias is not None
     if isinstance(layer, nn.Linear):

@@ -1,7 +1,7 @@
 """Signatures (bits ⇄ text), passports (random or from images) and the owner's keying step.
 
 All randomness comes from a ``torch.Generator`` the caller owns, unlike the original code whose
-passports were fixed by ``np.random.seed(0)`` at import (PAN_SPEC §1.4, §8.2).
+passports were fixed by ``np.random.seed(0)`` at import (book/method.md#method-quirks).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .models import passport_layers
+from .units import passport_layers
 
 __all__ = [
     "bits_to_text",
@@ -81,9 +81,9 @@ def passports_from_images(
     """Passports made of the activations that enter each named layer of a plain network.
 
     ``images`` (n×3×H×W, normalised) go through ``plain_model`` in eval mode; the n candidate
-    maps of each layer are reduced to one 1×C×H×W passport by *passport selection* (PAN_SPEC
-    §1.4): pick one whole image at the input layer, otherwise channel j comes from image
-    ``j mod n``, from a randomly chosen channel not used before.
+    maps of each layer are reduced to one 1×C×H×W passport by *passport selection*: pick one
+    whole image at the input layer, otherwise channel j comes from image ``j mod n``, from a
+    randomly chosen channel not used before (book/method.md#method-passports).
     """
     captured: dict[str, torch.Tensor] = {}
     modules = dict(plain_model.named_modules())

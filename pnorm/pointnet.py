@@ -1,4 +1,4 @@
-"""PointNet classifier with passport-aware normalization (PAN_SPEC §1.6, §6.3).
+"""PointNet classifier with passport-aware normalization (book/method.md#method-point-clouds).
 
 Input and feature T-Nets, then six units that may carry passports: three per-point Conv1d
 units and three Linear units. ``forward(x, branch)`` follows the contract of ``pnorm.models``.
@@ -15,7 +15,7 @@ from torch import nn
 
 from .branches import Pair, apply_unit, pair_map
 from .layers import Branch, NormKind, WeightLayer
-from .models import Scheme, branch_for, init_weights, make_unit, resolve_units
+from .units import Scheme, branch_for, init_weights, make_unit, resolve_units
 
 __all__ = [
     "FEATURE_TRANSFORM_WEIGHT",
@@ -27,7 +27,8 @@ __all__ = [
 ]
 
 POINTNET_LAYERS = ("convp1", "convp2", "convp3", "p1", "p2", "p3")
-FEATURE_TRANSFORM_WEIGHT = 0.001  # weight of the T64 regulariser in the loss (§6.3)
+# Weight of the T64 regulariser in the loss (book/method.md#method-point-clouds).
+FEATURE_TRANSFORM_WEIGHT = 0.001
 _TNET_WIDTHS = (64, 128, 1024, 512, 256)  # conv, conv, conv, fc, fc
 _MAIN_WIDTHS = (64, 128, 1024, 512, 256)  # convp1, convp2, convp3, p1, p2
 
@@ -43,7 +44,7 @@ def feature_transform_regularizer(trans: torch.Tensor, faithful: bool) -> torch.
     """Orthogonality penalty on B×k×k transforms: mean over the batch of a Frobenius norm.
 
     Clean: ‖T·Tᵀ − I‖_F. Faithful: ‖T·(Tᵀ − I)‖_F, the misplaced bracket of the original
-    3-D code (PAN_SPEC §6.3, §8 item 18), which equals ‖T·Tᵀ − T‖_F and is 0 only for T = I.
+    3-D code (book/method.md#method-quirks), which equals ‖T·Tᵀ − T‖_F and is 0 only for T = I.
     """
     eye = torch.eye(trans.shape[-1], device=trans.device, dtype=trans.dtype)
     tt = trans.transpose(1, 2)
@@ -70,7 +71,8 @@ class TNet(nn.Module):
     """Predicts a k×k transform from a B×k×P cloud: shared per-point MLP, max-pool, FC layers.
 
     Its units carry no passports. ``branched`` (a T-Net after a passport layer, with BN) gives
-    each unit a private branch-1 BatchNorm, as the original's per-branch BN (PAN_SPEC §6.3).
+    each unit a private branch-1 BatchNorm, as the original's per-branch BN
+    (book/method.md#method-point-clouds).
     The last layer starts at zero, so the transform starts at I.
     """
 
@@ -112,7 +114,8 @@ class TNet(nn.Module):
 
 
 class PointNetCls(nn.Module):
-    """PointNet for B×3×P clouds, with plain / PAN / DeepIPR-style units (PAN_SPEC §6.3).
+    """PointNet for B×3×P clouds, with plain / PAN / DeepIPR-style units
+    (book/method.md#method-point-clouds).
 
     ``faithful`` makes PAN passport layers share BN statistics between branches, as the
     original 3-D code; otherwise each branch keeps its own (as the image PAN layer).

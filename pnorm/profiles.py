@@ -12,16 +12,29 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["PROFILES", "PointScale", "Profile", "cache_dir", "get_profile"]
+from .recipes import Recipe
+
+__all__ = ["PROFILES", "PointScale", "Profile", "cache_dir", "get_profile", "profile_dict"]
+
+
+# The budgets' common parts: the forger optimises with Adam at a constant 0.01 (the original:
+# SGD); the ERB forger with Adam, cosine decay and batch 32 (book/method.md#method-later-attacks).
+_FORGE = Recipe(optimizer="adam", lr=0.01, milestones=())
+_ERB = Recipe(batch_size=32, optimizer="adam", lr=0.01, weight_decay=0.0, lr_schedule="cosine",
+              milestones=())
+# The original 3-D recipe (book/method.md#method-point-clouds): Adam 1e-3, weight decay 1e-4,
+# ×0.7 every 20 of 200 epochs, batch 16.
+_POINTS = Recipe(epochs=200, batch_size=16, optimizer="adam", lr=0.001, weight_decay=1e-4,
+                 milestones=tuple(m / 200 for m in range(20, 200, 20)), lr_gamma=0.7)
 
 
 @dataclass(frozen=True)
 class PointScale:
-    """The 3-D chapter's knobs: PointNet on ModelNet40 or the synthetic solids (PAN_SPEC §6).
+    """The 3-D chapter's scale: PointNet on ModelNet40 or the synthetic solids.
 
-    Defaults are the original's recipe (§6.4): 1,024 points, Adam 1e-3 with weight decay 1e-4,
-    ×0.7 every 20 epochs for 200 epochs, batch 16 plus a batch of 16 triggers, six passport
-    layers; fine-tuning 200 epochs at 1e-3; forging 100 epochs on the whole training set.
+    Defaults are the original's recipe: 1,024 points, ``_POINTS`` for 200 epochs with a batch of
+    16 triggers beside each batch of 16 clouds, six passport layers; fine-tuning 200 epochs at
+    1e-3; forging 100 epochs on the whole training set.
     """
 
     width: float = 1.0  # PointNet channel multiplier (T-Nets included)
@@ -29,32 +42,32 @@ class PointScale:
     n_train: int = 0  # synthetic only (real data uses the full set)
     n_val: int = 1000  # held out of the training set
     n_test: int = 0  # synthetic only
-    epochs: int = 200
-    batch_size: int = 16
-    lr: float = 0.001
-    milestones: tuple[int, ...] = tuple(range(20, 200, 20))
-    lr_gamma: float = 0.7
-    weight_decay: float = 1e-4
+    train: Recipe = _POINTS
     n_triggers: int = 100
     triggers_per_batch: int = 16
     passport_layers: tuple[str, ...] | None = None  # None: all six
-    finetune_epochs: int = 200
-    finetune_lr: float = 0.001
-    forge_epochs: int = 100
+    finetune: Recipe = replace(_POINTS, milestones=())
+    forge: Recipe = replace(_FORGE, batch_size=16)
     forge_data_fraction: float = 1.0
 
     def describe(self) -> str:
         """One line for the 3-D chapter's setup cell."""
+        r = self.train
         return (
-            f"PointNet width={self.width} | points={self.n_points} | epochs={self.epochs} | "
-            f"batch={self.batch_size}+{self.triggers_per_batch} triggers | Adam lr={self.lr} | "
+            f"PointNet width={self.width} | points={self.n_points} | epochs={r.epochs} | "
+            f"batch={r.batch_size}+{self.triggers_per_batch} triggers | Adam lr={r.lr} | "
             f"passport layers={','.join(self.passport_layers) if self.passport_layers else 'all'}"
         )
 
 
 @dataclass(frozen=True)
 class Profile:
-    """Every scale knob a chapter needs, so chapters never hard-code sizes."""
+    """Every scale knob a chapter needs, so chapters never hard-code sizes.
+
+    Each optimisation has its ``Recipe``: ``train`` (the owner's AlexNet), ``finetune`` (the
+    attacker's transfer learning, chapter 4), ``forge`` (passport forgeries, chapters 3 and 6)
+    and ``erb`` (the ERB forgery, chapter 8).
+    """
 
     name: str
     data: str  # "synthetic" or "real"
@@ -63,12 +76,7 @@ class Profile:
     n_train: int  # synthetic only: training images (real data uses the full set)
     n_val: int  # held-out part of the training set, for model selection
     n_test: int  # synthetic only
-    epochs: int
-    batch_size: int
-    lr: float
-    milestones: tuple[int, ...]  # epochs at which the LR is multiplied by 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    train: Recipe
     n_triggers: int = 100
     triggers_per_batch: int = 2
     n_forged: int = 20  # forged passports drawn in verification chapters
@@ -77,23 +85,23 @@ class Profile:
     # use conv3-conv5 (the original's `_ori` map), see `benchmarks/calibrate_cpu_profile.py`.
     passport_layers: tuple[str, ...] | None = None
     # Attack budgets (chapters 04-06). The original fine-tunes for 200 epochs at lr 1e-3 and
-    # forges passports for 100 epochs on the full training set (PAN_SPEC §5a, §5c).
-    finetune_epochs: int = 200
-    finetune_lr: float = 0.001
-    forge_epochs: int = 100
+    # forges passports for 100 epochs on the full training set.
+    finetune: Recipe = Recipe(lr=0.001)
+    forge: Recipe = _FORGE
     forge_data_fraction: float = 1.0
-    # Beyond the paper (chapter 08): the ERB forgery's epochs and the attacker's data fractions
+    # Beyond the paper (chapter 08): the ERB forgery's budget and the attacker's data fractions
     # (CVPR 2023 uses 2 % and 10 % of CIFAR-10), and how many random permutations are drawn.
-    erb_epochs: int = 100
+    erb: Recipe = replace(_ERB, epochs=100)
     erb_fractions: tuple[float, ...] = (0.02, 0.1)
     n_permutations: int = 10
     points: PointScale = PointScale()  # the 3-D chapter (07)
 
     def describe(self) -> str:
         """One line for a chapter's setup cell: profile, data, device and scale."""
+        r = self.train
         return (
             f"profile={self.name} | data={self.data} | device={self.device} | "
-            f"AlexNet width={self.width} | epochs={self.epochs} | batch={self.batch_size}"
+            f"AlexNet width={self.width} | epochs={r.epochs} | batch={r.batch_size}"
             f"+{self.triggers_per_batch} triggers | passport layers="
             f"{','.join(self.passport_layers) if self.passport_layers else 'all'}"
         )
@@ -104,43 +112,58 @@ class Profile:
 # up within a few epochs; convp1 reads 3 coordinates, so all its scales are linear functions of
 # one 3-vector (the passport's mean point) and its sign loss fights the task.
 _POINT_LAYERS_CPU = ("convp2", "convp3", "p1", "p2")
+_CONV345 = ("conv3", "conv4", "conv5")
+
+
+def _sgd(epochs: int, batch_size: int, lr: float, milestones: tuple[float, ...] = ()) -> Recipe:
+    return Recipe(epochs=epochs, batch_size=batch_size, lr=lr, milestones=milestones)
+
+
+def _adam(epochs: int, batch_size: int, lr: float, milestones: tuple[float, ...] = (),
+          lr_gamma: float = 0.1) -> Recipe:
+    return Recipe(epochs=epochs, batch_size=batch_size, optimizer="adam", lr=lr,
+                  weight_decay=1e-4, milestones=milestones, lr_gamma=lr_gamma)
+
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke", data="synthetic", device="cpu", width=0.25, n_train=768, n_val=256,
-        n_test=512, epochs=3, batch_size=64, lr=0.02, milestones=(2,), n_triggers=20,
-        triggers_per_batch=2, n_forged=5, passport_layers=("conv3", "conv4", "conv5"),
-        finetune_epochs=2, finetune_lr=0.01, forge_epochs=1, forge_data_fraction=0.25,
-        erb_epochs=1, erb_fractions=(0.1,), n_permutations=2,
+        n_test=512, train=_sgd(3, 64, 0.02, (2 / 3,)), n_triggers=20, triggers_per_batch=2,
+        n_forged=5, passport_layers=_CONV345, finetune=_sgd(2, 64, 0.01),
+        forge=replace(_FORGE, epochs=1, batch_size=64), forge_data_fraction=0.25,
+        erb=replace(_ERB, epochs=1), erb_fractions=(0.1,), n_permutations=2,
         points=PointScale(
-            width=0.125, n_points=64, n_train=256, n_val=128, n_test=256, epochs=2,
-            batch_size=32, lr=0.005, milestones=(1,), lr_gamma=0.1, n_triggers=16,
-            triggers_per_batch=4, passport_layers=_POINT_LAYERS_CPU, finetune_epochs=1,
-            finetune_lr=0.002, forge_epochs=1, forge_data_fraction=0.25),
+            width=0.125, n_points=64, n_train=256, n_val=128, n_test=256,
+            train=_adam(2, 32, 0.005, (0.5,)), n_triggers=16, triggers_per_batch=4,
+            passport_layers=_POINT_LAYERS_CPU, finetune=_adam(1, 32, 0.002),
+            forge=replace(_FORGE, epochs=1, batch_size=32), forge_data_fraction=0.25),
     ),
     "cpu": Profile(
         name="cpu", data="synthetic", device="cpu", width=0.25, n_train=5000, n_val=1000,
-        n_test=2000, epochs=16, batch_size=128, lr=0.02, milestones=(8, 12), n_triggers=50,
-        triggers_per_batch=4, n_forged=20, passport_layers=("conv3", "conv4", "conv5"),
-        finetune_epochs=8, finetune_lr=0.01, forge_epochs=3, forge_data_fraction=0.5,
-        erb_epochs=10, erb_fractions=(0.02, 0.1), n_permutations=5,
+        n_test=2000, train=_sgd(16, 128, 0.02, (0.5, 0.75)), n_triggers=50,
+        triggers_per_batch=4, n_forged=20, passport_layers=_CONV345,
+        finetune=_sgd(8, 128, 0.01), forge=replace(_FORGE, epochs=3, batch_size=128),
+        forge_data_fraction=0.5, erb=replace(_ERB, epochs=10), erb_fractions=(0.02, 0.1),
+        n_permutations=5,
         points=PointScale(
-            width=0.125, n_points=128, n_train=2000, n_val=500, n_test=1000, epochs=20,
-            batch_size=32, lr=0.005, milestones=(14, 17), lr_gamma=0.1, n_triggers=50,
-            triggers_per_batch=4, passport_layers=_POINT_LAYERS_CPU, finetune_epochs=4,
-            finetune_lr=0.002, forge_epochs=2, forge_data_fraction=0.5),
+            width=0.125, n_points=128, n_train=2000, n_val=500, n_test=1000,
+            train=_adam(20, 32, 0.005, (0.7, 0.85)), n_triggers=50, triggers_per_batch=4,
+            passport_layers=_POINT_LAYERS_CPU, finetune=_adam(4, 32, 0.002),
+            forge=replace(_FORGE, epochs=2, batch_size=32), forge_data_fraction=0.5),
     ),
     "gpu": Profile(
         name="gpu", data="real", device="cuda", width=1.0, n_train=0, n_val=5000, n_test=0,
-        epochs=40, batch_size=64, lr=0.01, milestones=(20, 30), n_triggers=100,
-        triggers_per_batch=2, n_forged=50, finetune_epochs=20, finetune_lr=0.001,
-        forge_epochs=10, forge_data_fraction=1.0, erb_epochs=30,
-        points=PointScale(epochs=50, milestones=(20, 40), finetune_epochs=20, forge_epochs=10),
+        train=_sgd(40, 64, 0.01, (0.5, 0.75)), n_triggers=100, triggers_per_batch=2,
+        n_forged=50, finetune=_sgd(20, 64, 0.001), forge=replace(_FORGE, epochs=10),
+        forge_data_fraction=1.0, erb=replace(_ERB, epochs=30),
+        points=PointScale(train=replace(_POINTS, epochs=50, milestones=(0.4, 0.8)),
+                          finetune=replace(_POINTS, epochs=20, milestones=()),
+                          forge=replace(_FORGE, epochs=10, batch_size=16)),
     ),
     "paper": Profile(
         name="paper", data="real", device="cuda", width=1.0, n_train=0, n_val=5000, n_test=0,
-        epochs=200, batch_size=64, lr=0.01, milestones=(100, 150), n_triggers=100,
-        triggers_per_batch=2, n_forged=100,
+        train=_sgd(200, 64, 0.01, (0.5, 0.75)), n_triggers=100, triggers_per_batch=2,
+        n_forged=100,
     ),
 }
 

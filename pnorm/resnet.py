@@ -1,4 +1,6 @@
-"""ResNet-18 for 32×32 inputs (PAN_SPEC §3.6) built from a per-layer passport map.
+"""ResNet-18 for 32×32 inputs built from a per-layer passport map.
+
+See book/method.md#method-architectures.
 
 Two variants from one builder: ``faithful`` keeps the original code's ReLU at the end of every
 unit, so the block's second conv and its projection shortcut are activated *before* the residual
@@ -16,7 +18,7 @@ from torch import nn
 
 from .branches import Pair, apply_unit, batch_halves, pair_map, run_both
 from .layers import Branch, NormKind
-from .models import Scheme, branch_for, init_weights, make_unit, resolve_units
+from .units import Scheme, branch_for, init_weights, make_unit, resolve_units
 
 Variant = Literal["faithful", "standard"]
 

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .fileio import atomic_write, source_fingerprint
 from .profiles import Profile, cache_dir
-from .vault import atomic_write
 
 __all__ = ["UNITS", "load_results", "record_results", "results_dir"]
 
@@ -54,8 +54,6 @@ def record_results(chapter: str, profile: Profile, rows: list[dict[str, Any]],
     name, device and the source fingerprint are added, so the summary can label every row.
     Each row needs ``claim``, ``quantity``, ``value`` and a ``unit`` from ``UNITS``.
     """
-    from .zoo import source_fingerprint  # zoo imports the training stack; import on use
-
     for row in rows:
         missing = {"claim", "quantity", "value", "unit"} - set(row)
         if missing:
@@ -83,8 +81,6 @@ def load_results(profile: Profile) -> dict[str, dict[str, Any]]:
     ``pnorm`` source than the one running now. Unreadable files raise ``ValueError`` naming
     the file (delete it and rerun its chapter).
     """
-    from .zoo import source_fingerprint
-
     current = source_fingerprint()
     out = {}
     for path in sorted(results_dir(profile).glob("*.json")):

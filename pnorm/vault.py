@@ -2,28 +2,26 @@
 
 The released model is a stock network (``export_public``); the vault holds per passport layer
 the passports, signature bits, MLP and branch-1 statistics, plus the trigger set, seeds and a
-hash of the released weights (PAN_SPEC §1.5). It is saved without pickle and checksummed.
+hash of the released weights (book/method.md#method-vault). It is saved without pickle and
+checksummed.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 from torch import nn
 
-from .layers import BranchNormUnit, ConvNormAct, PassportAwareNorm, _clone_weight_layer
-from .models import passport_layers, replace_module
+from .fileio import atomic_torch_save, state_sha256, tensors_sha256
+from .layers import BranchNormUnit, ConvNormAct, PassportAwareNorm, clone_weight_layer
+from .units import passport_layers, replace_module
 
-__all__ = ["Vault", "VaultError", "atomic_torch_save", "atomic_write", "state_sha256"]
+__all__ = ["Vault", "VaultError"]
 
 _FORMAT = "pnorm-vault"
 _VERSION = 1
@@ -31,48 +29,6 @@ _VERSION = 1
 
 class VaultError(ValueError):
     """A vault file that is missing, truncated, tampered with, or does not fit a model."""
-
-
-def state_sha256(module_or_state: nn.Module | dict[str, torch.Tensor]) -> str:
-    """SHA-256 over a state dict's names, dtypes, shapes and bytes (order-independent)."""
-    state = (
-        module_or_state.state_dict() if isinstance(module_or_state, nn.Module) else module_or_state
-    )
-    return _digest("", state)
-
-
-def _digest(meta_json: str, tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256(meta_json.encode())
-    for name in sorted(tensors):
-        t = tensors[name].detach().contiguous().cpu()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
-    """``write(file)`` to a temp file in the same folder, then rename: never a half-written file.
-
-    The folder is created if needed; on any error the temp file is removed and ``path`` keeps
-    its previous content.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` through ``atomic_write``: a crash never leaves a half-written file."""
-    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 _LAYER_KEYS = ("passport_gamma", "passport_beta", "signature")
@@ -257,7 +213,7 @@ class Vault:
             "version": _VERSION,
             "meta": meta_json,
             "tensors": tensors,
-            "sha256": _digest(meta_json, tensors),
+            "sha256": tensors_sha256(meta_json, tensors),
         }
         atomic_torch_save(payload, path)
         return Path(path)
@@ -287,7 +243,7 @@ class Vault:
                     for k, v in tensors.items())
         ):
             raise VaultError(f"{path} failed its SHA-256 check: its contents are malformed")
-        if _digest(meta_json, tensors) != payload.get("sha256"):
+        if tensors_sha256(meta_json, tensors) != payload.get("sha256"):
             raise VaultError(
                 f"{path} failed its SHA-256 check: the file was modified after it was saved"
             )
@@ -324,7 +280,7 @@ def _unfold_affine(
     if (gamma0 == 0).any():
         raise VaultError("the owner's gamma0 has zero entries: the folded layer cannot be unfolded")
     g = gamma0.to(folded.weight.device)
-    layer = _clone_weight_layer(folded, with_bias=had_bias)
+    layer = clone_weight_layer(folded, with_bias=had_bias)
     shape = (-1,) + (1,) * (folded.weight.dim() - 1)
     layer.weight.div_(g.view(shape))
     if had_bias:

@@ -1,14 +1,15 @@
 """Ownership verification: accuracy of both branches, signature detection, p-values, triggers.
 
-The owner re-attaches the vault to the suspect's public weights and checks (PAN_SPEC §4) that
-the signature decoded with the true passport matches and that the passport branch keeps its
-accuracy, while forged passports fail; the trigger set is a separate black-box check.
+The owner re-attaches the vault to the suspect's public weights and checks
+(book/method.md#method-verification) that the signature decoded with the true passport matches
+and that the passport branch keeps its accuracy, while forged passports fail; the trigger set is
+a separate black-box check.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
@@ -16,8 +17,8 @@ import torch
 from torch import nn
 
 from .batches import Data, model_inputs, raw_inputs, trigger_data
-from .models import passport_layers
 from .passport import random_passports
+from .units import passport_layers
 from .vault import Vault
 
 __all__ = [
@@ -188,7 +189,8 @@ def forged_passport_trials(
 
 @dataclass(frozen=True)
 class Thresholds:
-    """The decision rule (our proposal after PAN_SPEC §4; the original code implements none)."""
+    """The decision rule (our proposal after book/method.md#method-verification; the original code
+    implements none)."""
 
     max_log10_p: float = -9.0  # signature: P(>= matches | coin flips) below 1e-9
     max_accuracy_drop: float = 0.02  # passport branch within 2 points of the deployed branch
@@ -280,15 +282,25 @@ def verify_ownership(
     suspect: nn.Module,
     vault: Vault,
     test: Data,
-    mean,
-    std,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     n_forged: int = 0,
     seed: int = 12345,
     device: str | torch.device = "cpu",
     thresholds: Thresholds | None = None,
     batch_size: int = 500,
 ) -> OwnershipReport:
-    """Attach the vault to the suspect's public weights and measure everything in §4."""
+    """Attach the vault to the suspect's public weights and measure what the owner shows.
+
+    book/method.md#method-verification lists the measurements and the decision rule.
+    ``mean``/``std`` default to the normalisation the vault recorded at training time.
+    """
+    if len(test) == 0:
+        raise ValueError("verify_ownership needs a non-empty labelled test set: accuracy on "
+                         "no samples says nothing about ownership")
+    stats = vault.data_stats or {}
+    mean = stats.get("mean") if mean is None else mean
+    std = stats.get("std") if std is None else std
     protected = vault.attach(suspect).to(device)
     acc0, acc1 = evaluate(protected, test, mean, std, "both", batch_size, device)
     det = signature_detection(protected)

@@ -2,7 +2,7 @@
 
 The sweep is computed once; each value's figure becomes a PNG frame in an ipywidgets ``Stack``,
 and the slider is ``jslink``-ed to the stack on the client side, so the rendered HTML (no kernel)
-still switches frames (TOOLCHAIN.md, "Sliders that move in the static book").
+still switches frames: the widget manager draws every frame, and the link runs in the browser.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Two-branch training (PAN_SPEC §3.2–§3.4, §6.4) with per-epoch checkpoints and exact resume.
+"""Two-branch training (book/method.md#method-training) with per-epoch checkpoints and exact resume.
 
 One step mixes trigger samples into the clean batch and, for a protected model, adds the
 branch-1 loss and the sign loss to the branch-0 loss. Both branches run in one batched pass by
@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -22,18 +22,18 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .batches import Data, model_inputs, raw_inputs
-from .data import ImageSplits, _crop_flip, _derive_seed
-from .models import passport_layers, recording_scales, total_sign_loss
-from .pointdata import PointSplits, augment_points
-from .vault import atomic_torch_save
+from .fileio import atomic_torch_save
+from .images import ImageSplits, crop_flip
+from .points import PointSplits, augment_points
+from .recipes import Recipe, get_preset, make_optimizer
+from .rng import derive_seed
+from .units import passport_layers, recording_scales, total_sign_loss
 from .verify import evaluate, signature_detection
 
 __all__ = [
-    "PRESETS",
     "TrainConfig",
     "TrainResult",
     "amp_dtype",
-    "make_optimizer",
     "train",
     "training_step",
     "uses_channels_last",
@@ -45,47 +45,38 @@ Amp = Literal["bf16", "fp16", "off"]
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The training recipe. Defaults are the paper's image recipe (SGD 0.01, batch 64 + 2).
+    """The owner's training run: a ``Recipe`` plus what is specific to protected training.
 
-    The 3-D recipe (§6.4) is Adam 1e-3, weight decay 1e-4, ×0.7 every 20 epochs, batch 16.
+    The default recipe is the paper's image recipe (SGD 0.01, batch 64 + 2 triggers, 200
+    epochs, ×0.1 at half and three quarters); the 3-D recipe is Adam 1e-3, weight decay 1e-4,
+    ×0.7 every 20 epochs, batch 16 (book/method.md#method-point-clouds).
     """
 
-    epochs: int = 200
-    batch_size: int = 64
-    lr: float = 0.01
-    momentum: float = 0.9  # SGD only
-    weight_decay: float = 5e-4
-    milestones: tuple[int, ...] = (100, 150)
-    lr_gamma: float = 0.1
-    optimizer: Literal["sgd", "adam"] = "sgd"
+    recipe: Recipe = Recipe()
     triggers_per_batch: int = 2
     schedule: Schedule = "summed"  # "alternating": branch 1 only every `alternate_every` steps
     alternate_every: int = 2
     select: Literal["last", "val", "test"] = "last"  # which epoch's weights are kept
     batched: bool = True  # both branches in one pass (False: two passes, the original's way)
-    augment: bool = True
     sign_weight: float = 1.0  # weight of the summed sign loss (1 in the original; 0 = ablation)
     seed: int = 0
     eval_batch_size: int = 500
-    # Speed knobs (PAN_SPEC-neutral). None = automatic: on for CUDA, off elsewhere, so CPU runs
-    # are bit-identical to the reference path. amp=None picks bf16 (Ampere+) or fp16 on CUDA.
+    # Speed knobs that leave the method unchanged. None = automatic: on for CUDA, off elsewhere,
+    # so CPU runs are bit-identical to the reference path. amp=None picks bf16 (Ampere+) or
+    # fp16 on CUDA; the `faithful` preset sets amp="off" (the original trains in float32).
     channels_last: bool | None = None
     amp: Amp | None = None
     compile: bool = False  # torch.compile the forward; the first steps pay the compile time
 
 
-# `faithful` keeps the original's choices that change numbers; `clean` fixes them (PAN_SPEC §8).
-PRESETS: dict[str, dict] = {
-    "faithful": {"schedule": "summed", "select": "test"},  # model selection on the test set
-    "clean": {"schedule": "summed", "select": "val"},  # held-out split of the training set
-}
-
-
 def config_for(preset: str, **overrides) -> TrainConfig:
-    """A ``TrainConfig`` for a named preset, with explicit overrides."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {list(PRESETS)}")
-    return replace(TrainConfig(**PRESETS[preset]), **overrides)
+    """A ``TrainConfig`` for a named preset (``faithful`` or ``clean``), with explicit overrides.
+
+    The preset picks the model-selection split and, for ``faithful``, float32 on every device.
+    """
+    p = get_preset(preset)
+    base = TrainConfig(select=p.select, amp="off" if p.full_precision else None)
+    return replace(base, **overrides)
 
 
 @dataclass
@@ -95,10 +86,6 @@ class TrainResult:
     model: nn.Module
     history: list[dict] = field(default_factory=list)
     selected_epoch: int = -1
-
-
-def _lr_at(config: TrainConfig, epoch: int) -> float:
-    return config.lr * config.lr_gamma ** sum(epoch >= m for m in config.milestones)
 
 
 def _epoch_generator(config: TrainConfig, epoch: int, stream: int) -> torch.Generator:
@@ -143,7 +130,8 @@ def training_step(
 ) -> dict[str, torch.Tensor]:
     """One optimiser step; returns detached losses (tensors: no host sync per step).
 
-    Protected models: L = CE(branch 0) + CE(branch 1) + Σ sign losses (PAN_SPEC §3.3); with
+    Protected models: L = CE(branch 0) + CE(branch 1) + Σ sign losses
+    (book/method.md#method-training); with
     the alternating schedule the branch-1 terms are added every ``alternate_every`` steps.
     ``forward`` (e.g. a compiled model) replaces ``model``'s call; ``scaler`` scales fp16 losses.
     """
@@ -181,7 +169,8 @@ def _branch_losses(model: nn.Module, run: Callable[..., object], x: torch.Tensor
                    y: torch.Tensor, branch) -> list[torch.Tensor]:
     """Cross-entropy per branch, plus the model's ``transform_penalty`` where it has one.
 
-    PointNet adds its feature-transform regulariser to each branch's loss (PAN_SPEC §6.3).
+    PointNet adds its feature-transform regulariser to each branch's loss
+    (book/method.md#method-point-clouds).
     """
     penalty = getattr(model, "transform_penalty", None)
     if penalty is None:
@@ -202,6 +191,7 @@ def _autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractC
 def _epoch_plan(
     n: int,
     config: TrainConfig,
+    augment: bool,
     n_triggers: int,
     g_order: torch.Generator,
     g_aug: torch.Generator,
@@ -214,11 +204,11 @@ def _epoch_plan(
     draws come in the order the per-step loop used (so CPU runs stay bit-identical); moving
     them once per epoch removes every per-step host-to-device copy and its synchronisation.
     """
-    bs = config.batch_size
+    bs = config.recipe.batch_size
     trig_order = torch.randperm(n_triggers, generator=g_order) if n_triggers else None
     steps = n // bs
     plan = {"idx": torch.randperm(n, generator=g_order)[: steps * bs].view(steps, bs)}
-    if config.augment:
+    if augment:
         draws = [
             (
                 torch.randint(0, 2 * padding + 1, (bs,), generator=g_aug),
@@ -257,7 +247,7 @@ def _load_checkpoint(path: Path, config: TrainConfig) -> dict | None:
 
 def _config_record(config: TrainConfig) -> dict:
     d = asdict(config)
-    d["milestones"] = list(d["milestones"])
+    d["recipe"]["milestones"] = list(d["recipe"]["milestones"])
     return d
 
 
@@ -292,23 +282,25 @@ def _epoch_batches(feed: _Feed, config: TrainConfig, epoch: int, device: torch.d
     """One epoch's (inputs, labels) batches, every random draw fixed by (seed, epoch).
 
     Images are cropped, flipped and normalised step by step on the device; clouds are
-    augmented for the whole epoch in one call (PAN_SPEC §6.1). Triggers are appended as is.
+    augmented for the whole epoch in one call (book/method.md#method-point-clouds). Triggers are
+    appended as is.
     """
     g_order, g_aug = _epoch_generator(config, epoch, 0), _epoch_generator(config, epoch, 1)
     images = feed.samples.dtype == torch.uint8
     n_trig = 0 if feed.trig_x is None else len(feed.trig_x)
-    plan = _epoch_plan(len(feed.samples), config if images else replace(config, augment=False),
-                       n_trig, g_order, g_aug, device)
+    augment = config.recipe.augment
+    plan = _epoch_plan(len(feed.samples), config, augment and images, n_trig, g_order, g_aug,
+                       device)
     clouds = None
-    if not images and config.augment:
+    if not images and augment:
         idx = plan["idx"]
         clouds = augment_points(feed.samples[idx.flatten()], g_aug).view(
             *idx.shape, *feed.samples.shape[1:])
     for s, idx in enumerate(plan["idx"]):  # everything below stays on the device
         if images:
             x = feed.samples[idx]
-            if config.augment:
-                x = _crop_flip(x, plan["oy"][s], plan["ox"][s], plan["flip"][s])
+            if augment:
+                x = crop_flip(x, plan["oy"][s], plan["ox"][s], plan["flip"][s])
             x = (x.float() / 255.0 - feed.mean) / feed.std
         else:
             x = feed.samples[idx] if clouds is None else clouds[s]
@@ -319,19 +311,6 @@ def _epoch_batches(feed: _Feed, config: TrainConfig, epoch: int, device: torch.d
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         yield x, y
-
-
-def make_optimizer(params: Iterable[torch.Tensor], config) -> torch.optim.Optimizer:
-    """SGD (with momentum) or Adam from any recipe with ``optimizer, lr, momentum, weight_decay``.
-
-    One builder for training, the forgeries and the ERB attack, so their recipes mean the same.
-    """
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
-                               weight_decay=config.weight_decay)
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    raise ValueError(f"optimizer must be 'sgd' or 'adam', got {config.optimizer!r}")
 
 
 def train(
@@ -363,7 +342,7 @@ def train(
     forward = torch.compile(model) if config.compile else None
     scaler = torch.amp.GradScaler(device.type) if amp_dtype(config, device) == torch.float16 \
         else None
-    optimizer = make_optimizer(model.parameters(), config)
+    optimizer = make_optimizer(model.parameters(), config.recipe)
     history: list[dict] = []
     best = {"score": -1.0, "epoch": -1, "state": None}
     start = 0
@@ -375,17 +354,19 @@ def train(
 
     feed = _feed(splits, trigger, config, device)
     protected = bool(passport_layers(model))
-    bar = tqdm(range(start, config.epochs), desc=desc, disable=not progress,
-               initial=start, total=config.epochs)
+    epochs = config.recipe.epochs
+    lrs = config.recipe.epoch_lrs()
+    bar = tqdm(range(start, epochs), desc=desc, disable=not progress, initial=start,
+               total=epochs)
     for epoch in bar:
-        lr = _lr_at(config, epoch)
+        lr = lrs[epoch]
         for group in optimizer.param_groups:
             group["lr"] = lr
         model.train()
         totals, steps = None, 0
         t0 = time.perf_counter()
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(_derive_seed(config.seed, "dropout", str(epoch)))
+            torch.manual_seed(derive_seed(config.seed, "dropout", str(epoch)))
             for steps, (x, y) in enumerate(
                     _epoch_batches(feed, config, epoch, device, channels_last), 1):
                 losses = training_step(model, x, y, optimizer, config, step=steps - 1,

@@ -1,6 +1,7 @@
 """Invariant neuron transforms of a released model, and the verifier's re-alignment.
 
-Yan et al. (KDD 2023, PAN_SPEC §9) remove white-box watermarks with transforms that leave the
+Yan et al. (KDD 2023, book/method.md#method-later-attacks) remove white-box watermarks with
+transforms that leave the
 network's function unchanged. On a public ``conv -> BN -> ReLU (-> max-pool)`` chain, in eval
 mode, three are exact (up to float rounding):
 
@@ -37,7 +38,7 @@ import torch
 from torch import nn
 
 from .layers import ConvNormAct
-from .models import unit_layers
+from .units import unit_layers
 
 __all__ = ["linear_sum_assignment", "obfuscate", "realign"]
 

@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from pnorm import data, models, passport, profiles, train, verify
+from pnorm import alexnet, passport, profiles, synthetic_images, training, verify
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--device", default="cpu")
@@ -21,8 +21,8 @@ parser.add_argument("--budget", type=float, default=1e9,
                     help="start no new run after this many seconds")
 args = parser.parse_args()
 prof = profiles.get_profile("cpu")
-splits = data.synthetic_splits(prof.n_train, prof.n_val, prof.n_test, seed=0)
-trigger = data.abstract_trigger_set(prof.n_triggers, 10, seed=1)
+splits = synthetic_images.synthetic_splits(prof.n_train, prof.n_val, prof.n_test, seed=0)
+trigger = synthetic_images.abstract_trigger_set(prof.n_triggers, 10, seed=1)
 CONV345 = ["conv3", "conv4", "conv5"]
 # name -> (scheme, passport layers, sign-loss weight, both branches in one call); weight 0 is
 # the "no signature" ablation; "two-pass" is the reference path (the original's structure)
@@ -42,17 +42,15 @@ for seed in args.seeds:
             break
         if args.runs and name not in args.runs:
             continue
-        model = models.AlexNetCIFAR(width=prof.width, scheme=scheme, passport_layers=layers,
-                                    seed=seed)
+        model = alexnet.AlexNetCIFAR(width=prof.width, scheme=scheme, passport_layers=layers,
+                                     seed=seed)
         if scheme != "plain":
             passport.key_model(model, torch.Generator().manual_seed(seed + 1))
-        cfg = train.TrainConfig(epochs=prof.epochs, batch_size=prof.batch_size, lr=prof.lr,
-                                milestones=prof.milestones,
-                                triggers_per_batch=prof.triggers_per_batch, seed=seed,
-                                sign_weight=sign_weight, batched=batched)
+        cfg = training.TrainConfig(recipe=prof.train, triggers_per_batch=prof.triggers_per_batch,
+                                   seed=seed, sign_weight=sign_weight, batched=batched)
         t0 = time.time()
-        train.train(model, splits, cfg, None if scheme == "plain" else trigger, args.device,
-                    progress=False)
+        training.train(model, splits, cfg, None if scheme == "plain" else trigger, args.device,
+                       progress=False)
         branch = 0 if scheme == "plain" else "both"
         acc = verify.evaluate(model, splits.test, splits.mean, splits.std, branch,
                               device=args.device)

@@ -1,4 +1,4 @@
-"""One timed epoch of the faithful CIFAR-10 recipe through ``pnorm.train.train``, on any device.
+"""One timed epoch of the faithful CIFAR-10 recipe through ``pnorm.train``, on any device.
 
 Random uint8 tensors of CIFAR-10's shape stand in for the data (no download); the speed of an
 epoch does not depend on pixel values. Writes ``<out>/gpu_epoch.json`` and prints it last.
@@ -20,10 +20,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from pnorm.data import CIFAR_MEAN, CIFAR_STD, ImageData, ImageSplits  # noqa: E402
+from pnorm.images import CIFAR_MEAN, CIFAR_STD, ImageData, ImageSplits  # noqa: E402
 from pnorm.models import build_model  # noqa: E402
 from pnorm.passport import key_model  # noqa: E402
-from pnorm.train import amp_dtype, config_for, train, uses_channels_last  # noqa: E402
+from pnorm.recipes import Recipe  # noqa: E402
+from pnorm.training import amp_dtype, config_for, train, uses_channels_last  # noqa: E402
 
 
 def cifar_shaped(n_train: int, n_val: int, n_test: int, seed: int = 0) -> ImageSplits:
@@ -41,17 +42,21 @@ def cifar_shaped(n_train: int, n_val: int, n_test: int, seed: int = 0) -> ImageS
 
 def timed_epoch(arch: dict, scheme: str, splits: ImageSplits, trigger: ImageData,
                 device: str, **overrides) -> dict:
-    """Train one epoch of the faithful recipe (batch 64 + 2 triggers, SGD 0.01); time it."""
+    """Train one epoch of the faithful recipe (batch 64 + 2 triggers, SGD 0.01); time it.
+
+    The speed knobs are automatic (``amp=None``: autocast on CUDA) unless ``overrides`` set
+    them; the ``faithful`` preset itself trains in float32 (the ``fp32_nchw`` run).
+    """
     model = build_model({**arch, "scheme": scheme}, seed=0)
     if scheme != "plain":
         key_model(model, torch.Generator().manual_seed(1))
-    cfg = config_for("faithful", epochs=1, **overrides)
+    cfg = config_for("faithful", recipe=Recipe(epochs=1), **{"amp": None, **overrides})
     t0 = time.perf_counter()
     result = train(model, splits, cfg, None if scheme == "plain" else trigger, device,
                    progress=False)
     wall = time.perf_counter() - t0
     rec = result.history[0]
-    steps = len(splits.train) // cfg.batch_size
+    steps = len(splits.train) // cfg.recipe.batch_size
     return {
         "arch": arch["arch"], "scheme": scheme, "steps": steps,
         "train_seconds": round(rec["train_seconds"], 2),
@@ -122,7 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda"
         else f"cpu ({platform.processor() or platform.machine()})",
         "torch": torch.__version__, "data": "random uint8, CIFAR-10 shape",
-        "n_train": sizes[0], "batch": "64+2", "recipe": "faithful (summed losses, select=test)",
+        "n_train": sizes[0], "batch": "64+2",
+        "recipe": "faithful (summed losses, select=test); amp automatic unless a run sets it",
         "runs": {}, "skipped": [],
     }
     t_start = time.perf_counter()

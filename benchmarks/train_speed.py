@@ -24,11 +24,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from pnorm.data import CIFAR_MEAN, CIFAR_STD, _crop_flip, normalize  # noqa: E402
-from pnorm.models import AlexNetCIFAR  # noqa: E402
+from pnorm.alexnet import AlexNetCIFAR  # noqa: E402
+from pnorm.images import CIFAR_MEAN, CIFAR_STD, crop_flip, normalize  # noqa: E402
 from pnorm.passport import key_model  # noqa: E402
+from pnorm.recipes import Recipe  # noqa: E402
 from pnorm.resnet import ResNet18CIFAR  # noqa: E402
-from pnorm.train import (  # noqa: E402
+from pnorm.training import (  # noqa: E402
     TrainConfig,
     _epoch_plan,
     amp_dtype,
@@ -83,17 +84,17 @@ def tensor_pipeline(n: int, config: TrainConfig, device: torch.device) -> Step:
     mean = torch.tensor(CIFAR_MEAN, device=device).view(-1, 1, 1)
     std = torch.tensor(CIFAR_STD, device=device).view(-1, 1, 1)
     state = {"plan": None, "s": 0, "epoch": 0}
-    steps = n // config.batch_size
+    steps = n // config.recipe.batch_size
 
     def step() -> None:
         if state["plan"] is None or state["s"] == steps:  # the per-epoch plan, amortised
             g0 = torch.Generator().manual_seed(state["epoch"])
             g1 = torch.Generator().manual_seed(state["epoch"] + 1)
-            state["plan"] = _epoch_plan(n, config, 100, g0, g1, device)
+            state["plan"] = _epoch_plan(n, config, True, 100, g0, g1, device)
             state["s"], state["epoch"] = 0, state["epoch"] + 1
         plan, s = state["plan"], state["s"]
         idx = plan["idx"][s]
-        x = _crop_flip(images[idx], plan["oy"][s], plan["ox"][s], plan["flip"][s])
+        x = crop_flip(images[idx], plan["oy"][s], plan["ox"][s], plan["flip"][s])
         x, y = (x.float() / 255.0 - mean) / std, labels[idx]
         t_idx = plan["trig"][s]
         x, y = torch.cat([x, trig_x[t_idx]]), torch.cat([y, trig_y[t_idx]])
@@ -108,7 +109,7 @@ def reference_pipeline(n: int, batch: int, device: torch.device, workers: int) -
     """One batch of the classic pipeline: DataLoader over PIL images with torchvision transforms.
 
     RandomCrop(32, padding 4) + RandomHorizontalFlip + ToTensor + Normalize, as the original
-    PAN code (PAN_SPEC §3.1), then the copy to the device.
+    PAN code (book/method.md#method-data), then the copy to the device.
     """
     import numpy as np
     from PIL import Image
@@ -193,8 +194,8 @@ def main(argv: list[str] | None = None) -> dict:
     steps = 2 * -(-(args.steps or (2 if cpu else 10)) // 2)  # even: alternating pairs up
     budget = args.budget or (40.0 if quick else 600.0)
     n_data = 10_000 if quick else 50_000
-    batch = args.batch + 2  # the clean batch plus 2 trigger images, as PAN_SPEC §3.2
-    base = TrainConfig(batch_size=args.batch, compile=args.compile)
+    batch = args.batch + 2  # the clean batch plus 2 trigger images (book/method.md#method-data)
+    base = TrainConfig(recipe=Recipe(batch_size=args.batch), compile=args.compile)
     load_before = os.getloadavg()
 
     def alexnet(scheme: str, layers: tuple[str, ...] | None = None) -> AlexNetCIFAR:

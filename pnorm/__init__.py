@@ -7,7 +7,8 @@ The owner's path, in the order data flows through it::
     pnorm.key_model(model, generator, message="© me")               # passports + signature
     pnorm.train(model, splits, pnorm.TrainConfig(), trigger)        # both branches, sign loss
     public = pnorm.export_public(model)                             # the release: no secrets
-    vault = pnorm.Vault.from_model(model, public_model=public)      # the owner's secrets
+    vault = pnorm.Vault.from_model(model, public_model=public,      # the owner's secrets
+                                   data_stats={"mean": mean, "std": std})
     report = pnorm.verify_ownership(suspect, vault, test)           # the claim
 
 Attacks (``fine_tune``, ``pruning_sweep``, ``forge_passports``) start from the release.

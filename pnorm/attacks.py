@@ -98,22 +98,34 @@ def _set_head(model: nn.Module, head: nn.Module) -> nn.Module:
     return model
 
 
+def _owner_view(suspect: nn.Module, release: nn.Module, old_head: nn.Module,
+                vault: Vault) -> nn.Module:
+    """The owner's protected model around a suspect's weights, as the original measures it.
+
+    The suspect's weights are copied back into the owner's model: the passport layers keep the
+    release's normalisation (gamma0, beta0 and BatchNorm statistics) and the owner's secrets,
+    and the classifier is the owner's old head (book/method.md#method-fine-tuning).
+    """
+    view = copy.deepcopy(suspect).cpu()
+    head = _head_name(view)
+    for name in vault.layers:
+        if name != head:
+            view.get_submodule(name).norm = copy.deepcopy(release.get_submodule(name).norm).cpu()
+    setattr(view, head, copy.deepcopy(old_head))
+    return vault.attach(view)
+
+
 def _owner_measures(
-    features: nn.Module, old_head: nn.Module, vault: Vault, trigger: Data | None,
-    mean, std, device, batch_size: int,
+    features: nn.Module, release: nn.Module, old_head: nn.Module, vault: Vault,
+    trigger: Data | None, mean, std, device, batch_size: int,
 ) -> dict:
-    """Detection (and trigger accuracy with the owner's old head) on a suspect's features.
+    """Detection, and trigger accuracy of the owner's view, on a suspect's features.
 
     A passport layer that is the replaced head (PointNet's p3) is left out of the detection:
     the attacker's new head has nothing of the old one in it.
     """
     name = _head_name(features)
-    new_head = features.get_submodule(name)
-    setattr(features, name, old_head)  # only while the vault copies the model
-    try:
-        protected = vault.attach(features).to(device)
-    finally:
-        setattr(features, name, new_head)
+    protected = _owner_view(features, release, old_head, vault).to(device)
     kept = [n for n in vault.layers if n != name]
     det = signature_detection(protected, layers=kept)
     out = {"detection": det["pooled"], "matches": det["matches"], "bits": det["bits"],
@@ -136,17 +148,15 @@ def fine_tune(
 
     The attacker re-initialises the head for ``new_task`` and trains every layer with
     cross-entropy. After each epoch (and before the first) the owner attaches the vault to the
-    attacker's features and reads the signature; the trigger set is scored with the owner's
-    original head (as the original code does). Returns the attacked model and the records.
+    attacker's features and reads the signature; the trigger set is scored as the original code
+    does, with the attacker's weights copied back into the owner's model (the release's
+    normalisation, the old head). Record 0 is the release itself, measured before the
+    ``faithful`` preset resets any statistics. Returns the attacked model and the records.
     """
     head_name = _head_name(public)
     old_head = copy.deepcopy(public.get_submodule(head_name)).cpu()
+    release = copy.deepcopy(public).cpu().eval()
     attacker = copy.deepcopy(public).cpu()
-    if config.reset_bn_stats:
-        for name in vault.layers:
-            norm = getattr(attacker.get_submodule(name), "norm", None)
-            if isinstance(norm, nn.modules.batchnorm._BatchNorm):
-                norm.reset_running_stats()
     g = torch.Generator().manual_seed(config.seed)
     attacker = _set_head(attacker, _fresh_head(old_head, new_task.num_classes, g))
     trigger = trigger_data(vault)
@@ -158,7 +168,7 @@ def fine_tune(
     scale = sum(w.pow(2).sum() for w in released.values()).sqrt()
 
     def measure(model: nn.Module, record: dict | None) -> dict:
-        out = _owner_measures(model, old_head, vault, trigger, mean, std, device, batch)
+        out = _owner_measures(model, release, old_head, vault, trigger, mean, std, device, batch)
         moved = sum((model.get_submodule(n).conv.weight.detach().cpu() - w).pow(2).sum()
                     for n, w in released.items())
         out["weight_change"] = (moved.sqrt() / scale).item()  # relative, passport layers
@@ -166,7 +176,12 @@ def fine_tune(
                                        batch, device)
         return out
 
-    first = {"epoch": -1, **measure(attacker.to(device), None)}
+    first = {"epoch": -1, **measure(attacker.to(device), None)}  # the release, new head
+    if config.reset_bn_stats:  # the original's clone loses these statistics (see the presets)
+        for name in vault.layers:
+            norm = getattr(attacker.get_submodule(name), "norm", None)
+            if isinstance(norm, nn.modules.batchnorm._BatchNorm):
+                norm.reset_running_stats()
     run = TrainConfig(recipe=config.recipe, triggers_per_batch=0, select="last",
                       seed=config.seed, eval_batch_size=batch)
     result = train(attacker, new_task, run, None, device, progress=progress, desc=desc,

@@ -8,6 +8,7 @@ thing everywhere. A ``Preset`` names the original code's number-changing choices
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -58,7 +59,8 @@ class Recipe:
     @property
     def milestone_epochs(self) -> tuple[int, ...]:
         """The epochs (0-based) at which the step schedule decays the learning rate."""
-        return tuple(round(m * self.epochs) for m in self.milestones)
+        # Halves round up, and no decay happens before the first epoch has run.
+        return tuple(max(1, math.floor(m * self.epochs + 0.5)) for m in self.milestones)
 
     def epoch_lrs(self) -> list[float]:
         """The learning rate of every epoch, in order (what the optimiser uses in that epoch)."""

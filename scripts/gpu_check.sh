@@ -25,7 +25,7 @@ START=$SECONDS
 timeout 180 "$PY" benchmarks/train_speed.py --device "$DEVICE" $EXTRA --budget 100 \
   | tee "$OUT/train_speed.log"
 tail -n 1 "$OUT/train_speed.log" > "$OUT/train_speed.json"
-# 2. One timed epoch per configuration, through pnorm.train.train (what the book runs).
+# 2. One timed epoch per configuration, through pnorm.train (what the book runs).
 LEFT=$(( 450 - (SECONDS - START) ))
 timeout "$LEFT" "$PY" benchmarks/gpu_epoch.py --device "$DEVICE" --out "$OUT" $EXTRA --resnet \
   --budget $(( LEFT - 120 )) | tee "$OUT/gpu_epoch.log"

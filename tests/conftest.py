@@ -54,7 +54,7 @@ def learnable_splits(n_train=512, n_val=128, n_test=256, seed=0, num_classes=10)
     """
     import torch
 
-    from pnorm.data import ImageData, ImageSplits
+    from pnorm.images import ImageData, ImageSplits
 
     g = torch.Generator().manual_seed(seed)
     palette = torch.rand(num_classes, 3, generator=g)
@@ -81,17 +81,19 @@ def trained_pan():
     """
     import torch
 
-    from pnorm.data import abstract_trigger_set
-    from pnorm.models import AlexNetCIFAR, export_public
+    from pnorm.alexnet import AlexNetCIFAR
+    from pnorm.models import export_public
     from pnorm.passport import key_model
-    from pnorm.train import TrainConfig, train
+    from pnorm.recipes import Recipe
+    from pnorm.synthetic_images import abstract_trigger_set
+    from pnorm.training import TrainConfig, train
     from pnorm.vault import Vault
 
     splits = learnable_splits()
     trigger = abstract_trigger_set(20)
     model = AlexNetCIFAR(width=0.125, scheme="pan", seed=0)
     key_model(model, torch.Generator().manual_seed(1), message="owner")
-    config = TrainConfig(epochs=6, batch_size=32, lr=0.02, milestones=(4,),
+    config = TrainConfig(recipe=Recipe(epochs=6, batch_size=32, lr=0.02, milestones=(4 / 6,)),
                          triggers_per_batch=2, select="last")
     result = train(model, splits, config, trigger, progress=False)
     model = result.model.eval()

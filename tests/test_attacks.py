@@ -5,11 +5,14 @@ import torch
 from conftest import learnable_splits
 from torch import nn
 
+from pnorm.alexnet import AlexNetCIFAR
 from pnorm.attacks import fine_tune, finetune_config, prune_model, pruning_sweep
+from pnorm.fileio import state_sha256
 from pnorm.layers import ConvNormAct
-from pnorm.models import AlexNetCIFAR, export_public, passport_layers
+from pnorm.models import export_public
 from pnorm.passport import key_model
-from pnorm.vault import state_sha256
+from pnorm.recipes import Recipe
+from pnorm.units import passport_layers
 from pnorm.verify import evaluate, signature_detection
 
 
@@ -108,7 +111,8 @@ def test_fine_tuning_changes_public_weights_but_not_the_vault(trained_pan, prese
     before_public, before_vault = state_sha256(public), vault.signature.clone()
     before_layers = {n: {k: v.clone() for k, v in e["tensors"].items()}
                      for n, e in vault.layers.items()}
-    config = finetune_config(preset, epochs=2, lr=0.01, batch_size=32)
+    config = finetune_config(preset, recipe=Recipe(epochs=2, lr=0.01, batch_size=32,
+                                                   milestones=()))
     attacked, records = fine_tune(public, vault, new_task, config, progress=False)
 
     assert state_sha256(public) == before_public  # the input is not modified
@@ -139,7 +143,7 @@ def test_faithful_fine_tuning_starts_without_the_passport_layers_bn_statistics(t
     seen = {}
 
     def spy(preset):
-        config = finetune_config(preset, epochs=0)
+        config = finetune_config(preset, recipe=Recipe(epochs=0, lr=0.001))
         attacked, _ = fine_tune(public, vault, new_task, config, progress=False)
         seen[preset] = attacked
 

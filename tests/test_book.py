@@ -33,7 +33,8 @@ BUILD_TIMEOUT_S = 3600
 PAGE_TIMEOUT_MS = 60_000
 MATHJAX_START_MS = 10_000
 
-# Chromium flags measured in TOOLCHAIN.md (headless, offline, no sandbox as root).
+# Chromium flags for these machines: headless and offline (no background networking, component
+# updates or sync, no first-run page), no GPU, and no sandbox because the tests run as root.
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -43,7 +44,8 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 
-# Console errors and uncaught page exceptions that are known and harmless (TOOLCHAIN.md).
+# Console errors and uncaught page exceptions that are known and harmless: they come from
+# third-party scripts of the book's theme and widgets, and the page still works.
 # Each entry: (why it is harmless, regex on the message text, regex on its source URL or None).
 # Everything else logged as an error on a page of the book fails the test.
 ALLOWED_CONSOLE_ERRORS: list[tuple[str, str, str | None]] = [

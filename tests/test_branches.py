@@ -11,17 +11,13 @@ import pytest
 import torch
 from torch import nn
 
+from pnorm.alexnet import AlexNetCIFAR
 from pnorm.layers import BranchNormUnit, ConvNormAct, PassportAwareNorm, _batch_norm_twice
-from pnorm.models import (
-    AlexNetCIFAR,
-    export_public,
-    passport_layers,
-    recording_scales,
-    total_sign_loss,
-)
+from pnorm.models import export_public
 from pnorm.passport import key_model
 from pnorm.resnet import RESNET18_LAYER4, ResNet18CIFAR
-from pnorm.train import TrainConfig, training_step
+from pnorm.training import TrainConfig, training_step
+from pnorm.units import passport_layers, recording_scales, total_sign_loss
 from pnorm.vault import Vault
 
 ALEXNET_MAPS = [None, ("conv3", "conv4", "conv5"), ("conv2",)]

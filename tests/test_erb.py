@@ -1,5 +1,7 @@
 """The ERB forgery (CVPR 2023) on PAN's release: the block, BDR, records, and what stays frozen."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -14,7 +16,12 @@ from pnorm.erb import (
     scale_bits,
 )
 from pnorm.models import export_public
+from pnorm.recipes import Recipe
 from pnorm.verify import evaluate
+
+# The ERB default optimiser (Adam 0.01, no weight decay, constant), scaled down for tests.
+RECIPE = Recipe(epochs=2, batch_size=32, optimizer="adam", lr=0.01, weight_decay=0.0,
+                milestones=())
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -30,9 +37,10 @@ def release(trained_pan):
     return public, trained_pan["vault"], splits, acc
 
 
-def _forge(release, **overrides):
+def _forge(release, epochs=2, **overrides):
     public, vault, splits, _ = release
-    config = ERBConfig(**{"data_fraction": 0.25, "epochs": 2, "batch_size": 32, **overrides})
+    config = ERBConfig(**{"data_fraction": 0.25, "recipe": replace(RECIPE, epochs=epochs),
+                          **overrides})
     return erb_forgery(public, vault, splits.train, splits.test, splits.mean, splits.std,
                        config, progress=False)
 
@@ -67,12 +75,19 @@ def test_ierb_is_per_channel_independent_and_cerb_is_not():
 
 @pytest.mark.parametrize("field,value,match", [
     ("kind", "erb", "kind"), ("data_fraction", 0.0, "data_fraction"),
-    ("data_fraction", 1.5, "data_fraction"), ("epochs", -1, "epochs"), ("lr", 0.0, "lr"),
-    ("optimizer", "rmsprop", "optimizer"), ("batch_size", 0, "batch_size"),
-    ("init", "true", "init"), ("ierb_hidden", 0, "ierb_hidden")])
+    ("data_fraction", 1.5, "data_fraction"), ("init", "true", "init"),
+    ("ierb_hidden", 0, "ierb_hidden")])
 def test_config_validation(field, value, match):
     with pytest.raises(ValueError, match=match):
         ERBConfig(**{field: value})
+
+
+@pytest.mark.parametrize("field,value", [
+    ("epochs", -1), ("lr", 0.0), ("optimizer", "rmsprop"), ("batch_size", 0)])
+def test_recipe_validation(field, value):
+    # The optimiser's values are checked by the recipe, whose message names the field.
+    with pytest.raises(ValueError, match=rf"Recipe\.{field}"):
+        ERBConfig(recipe=replace(RECIPE, **{field: value}))
 
 
 def test_bdr_against_the_vault_signature_on_hand_made_scales(release):
@@ -160,7 +175,7 @@ def test_kinds_start_from_the_same_function_and_the_release_is_not_modified(rele
 
 def test_sweep_returns_one_final_record_per_kind_and_fraction(release):
     public, vault, splits, _ = release
-    config = ERBConfig(epochs=1, batch_size=32, init="random")
+    config = ERBConfig(recipe=replace(RECIPE, epochs=1), init="random")
     rows = erb_sweep(public, vault, splits.train, splits.test, splits.mean, splits.std, config,
                      kinds=("ierb", "none"), fractions=(0.1, 0.2), progress=False)
     assert [(r["kind"], r["data_fraction"]) for r in rows] == [
@@ -186,7 +201,7 @@ def test_cosine_schedule_ends_at_zero_lr_and_a_given_reference_skips_the_evaluat
     real_evaluate = pnorm.erb.evaluate
     monkeypatch.setattr(pnorm.erb, "evaluate", lambda m, *a, **k: calls.append(m) or
                         real_evaluate(m, *a, **k))
-    config = ERBConfig(data_fraction=0.25, epochs=2, batch_size=32, schedule="cosine",
+    config = ERBConfig(data_fraction=0.25, recipe=replace(RECIPE, lr_schedule="cosine"),
                        init="random")
     _, records = erb_forgery(public, vault, splits.train, splits.test, splits.mean, splits.std,
                              config, progress=False, reference_accuracy=0.123)

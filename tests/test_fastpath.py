@@ -10,11 +10,13 @@ from dataclasses import replace
 import pytest
 import torch
 
-from pnorm.data import _crop_flip, abstract_trigger_set, augment_crop_flip, synthetic_splits
-from pnorm.models import AlexNetCIFAR
+from pnorm.alexnet import AlexNetCIFAR
+from pnorm.images import augment_crop_flip, crop_flip
 from pnorm.passport import key_model
+from pnorm.recipes import Recipe
 from pnorm.resnet import ResNet18CIFAR
-from pnorm.train import (
+from pnorm.synthetic_images import abstract_trigger_set, synthetic_splits
+from pnorm.training import (
     TrainConfig,
     _epoch_plan,
     amp_dtype,
@@ -35,7 +37,7 @@ def _keyed(arch: str) -> torch.nn.Module:
 
 def test_epoch_plan_replays_the_per_step_reference_draws():
     """The whole-epoch plan gives the batches, crops, flips and triggers of the per-step loop."""
-    cfg = TrainConfig(batch_size=16, triggers_per_batch=3, seed=5)
+    cfg = TrainConfig(recipe=Recipe(batch_size=16), triggers_per_batch=3, seed=5)
     images = torch.randint(0, 256, (70, 3, 32, 32), dtype=torch.uint8)
     n_trig = 7
 
@@ -43,17 +45,18 @@ def test_epoch_plan_replays_the_per_step_reference_draws():
         return torch.Generator().manual_seed(11), torch.Generator().manual_seed(12)
 
     g_order, g_aug = gens()
-    plan = _epoch_plan(len(images), cfg, n_trig, g_order, g_aug, torch.device("cpu"))
+    plan = _epoch_plan(len(images), cfg, True, n_trig, g_order, g_aug, torch.device("cpu"))
     g_order, g_aug = gens()  # the reference: draws made step by step, as the original loop did
     trig_order = torch.randperm(n_trig, generator=g_order)
     order = torch.randperm(len(images), generator=g_order)
-    steps = len(images) // cfg.batch_size
-    assert plan["idx"].shape == (steps, cfg.batch_size)
+    bs = cfg.recipe.batch_size
+    steps = len(images) // bs
+    assert plan["idx"].shape == (steps, bs)
     for s in range(steps):
-        idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
+        idx = order[s * bs : (s + 1) * bs]
         assert torch.equal(plan["idx"][s], idx)
         expected = augment_crop_flip(images[idx], g_aug)
-        got = _crop_flip(images[idx], plan["oy"][s], plan["ox"][s], plan["flip"][s])
+        got = crop_flip(images[idx], plan["oy"][s], plan["ox"][s], plan["flip"][s])
         assert torch.equal(got, expected)
         pos = (s * cfg.triggers_per_batch + torch.arange(cfg.triggers_per_batch)) % n_trig
         assert torch.equal(plan["trig"][s], trig_order[pos])
@@ -83,7 +86,7 @@ def test_channels_last_step_equals_the_reference_step(arch, concat):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(8, 3, 32, 32, generator=g, dtype=torch.float64)
     y = torch.randint(0, 10, (8,), generator=g)
-    cfg = TrainConfig(lr=0.05)
+    cfg = TrainConfig(recipe=Recipe(lr=0.05))
     results = []
     for model, inp in ((ref, x), (fast, x.contiguous(memory_format=torch.channels_last))):
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
@@ -126,8 +129,8 @@ def test_train_with_channels_last_matches_the_reference_run():
     a wrong layout would give unrelated numbers.
     """
     splits, trigger = synthetic_splits(96, 32, 32, seed=0), abstract_trigger_set(6)
-    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.02, milestones=(1,), select="last",
-                      eval_batch_size=64)
+    cfg = TrainConfig(recipe=Recipe(epochs=2, batch_size=32, lr=0.02, milestones=(1 / 2,)),
+                      select="last", eval_batch_size=64)
     runs = [
         train(_keyed("alexnet"), splits, replace(cfg, channels_last=cl), trigger, progress=False)
         for cl in (False, True)

@@ -1,15 +1,26 @@
 """Ambiguity attacks: threat-model switches, signature flipping, and the direction of results."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 from torch import nn
 
-from pnorm.data import ImageData
-from pnorm.forgery import THREAT_MODELS, ThreatModel, flip_signature, forge_passports, threat_model
-from pnorm.models import AlexNetCIFAR, export_public, passport_layers
+from pnorm.alexnet import AlexNetCIFAR
+from pnorm.forgery import (
+    FORGE_RECIPE,
+    THREAT_MODELS,
+    ThreatModel,
+    flip_signature,
+    forge_passports,
+    threat_model,
+)
+from pnorm.images import ImageData
+from pnorm.models import export_public
 from pnorm.passport import key_model
+from pnorm.recipes import Recipe
+from pnorm.units import passport_layers
 from pnorm.vault import Vault
 from pnorm.verify import evaluate
 
@@ -18,13 +29,18 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def _budget(name: str, **fields) -> Recipe:
+    """The named threat model's recipe with some fields replaced (e.g. ``epochs=0``)."""
+    return replace(THREAT_MODELS[name].recipe, **fields)
+
+
 @pytest.mark.parametrize("fraction", [0.0, 0.1, 0.25, 0.5, 1.0])
 def test_flip_signature_negates_exactly_floor_fraction_bits(fraction):
     sig = torch.where(torch.rand(48, generator=_gen(0)) > 0.5, 1.0, -1.0)
     before = sig.clone()
     out = flip_signature(sig, fraction, _gen(1))
     assert int((out != sig).sum()) == math.floor(fraction * 48)
-    assert torch.equal(sig, before)  # the owner's bits are never written in place (§8.5)
+    assert torch.equal(sig, before)  # the owner's bits are never written in place
     assert set(out.unique().tolist()) <= {-1.0, 1.0}
 
 
@@ -35,7 +51,11 @@ def test_threat_models_are_explicit_and_validated():
         "random", True, False, 0.0, 0.0)
     assert (a2.init, a2.know_mlp, a2.train_mlp, a2.distance_weight, a2.flip) == (
         "true", False, False, 1.0, 0.1)
-    assert threat_model("original-attack-2", epochs=3).epochs == 3
+    assert a1.shared_passports and not a2.shared_passports  # the original's Attack I storage
+    assert a1.recipe.optimizer == a2.recipe.optimizer == "sgd"
+    three = threat_model("original-attack-2", recipe=_budget("original-attack-2", epochs=3))
+    assert three.recipe.epochs == 3 and three.recipe.optimizer == "sgd"
+    assert THREAT_MODELS["release-holder"].recipe == FORGE_RECIPE
     with pytest.raises(ValueError, match="unknown threat model"):
         threat_model("fake3s")
     with pytest.raises(ValueError, match="must know them"):
@@ -61,7 +81,8 @@ def _matched():
 def test_before_training_the_claimed_signature_mismatch_is_the_flip_fraction(flip, trained_pan):
     model, vault, public = _matched()
     splits = trained_pan["splits"]
-    threat = threat_model("original-attack-2", flip=flip, epochs=0)
+    threat = threat_model("original-attack-2", flip=flip,
+                          recipe=_budget("original-attack-2", epochs=0))
     _, records = forge_passports(public, vault, splits.train, splits.test, splits.mean,
                                  splits.std, threat, progress=False)
     (r,) = records
@@ -78,7 +99,8 @@ def test_before_training_the_claimed_signature_mismatch_is_the_flip_fraction(fli
 def test_attacker_model_hides_what_the_threat_model_does_not_grant(trained_pan):
     model, vault, splits = trained_pan["model"], trained_pan["vault"], trained_pan["splits"]
     public = export_public(model)
-    threat = ThreatModel(epochs=0)  # the release holder: no MLP, no BN1, random passports
+    # The release holder: no MLP, no BN1, random passports.
+    threat = ThreatModel(recipe=replace(FORGE_RECIPE, epochs=0))
     forged, records = forge_passports(public, vault, splits.train, splits.test, splits.mean,
                                       splits.std, threat, progress=False)
     for name, layer in passport_layers(forged).items():
@@ -86,7 +108,8 @@ def test_attacker_model_hides_what_the_threat_model_does_not_grant(trained_pan):
         assert not torch.equal(layer.mlp[0].weight, own.mlp[0].weight)
         assert torch.equal(layer.norm1.running_mean, own.norm0.running_mean)  # public stats
         assert not torch.allclose(layer.passport_gamma, own.passport_gamma)
-        assert not torch.equal(layer.passport_gamma, layer.passport_beta)  # no aliasing (§8.7)
+        # two separate forged passports (the release holder does not share their storage)
+        assert not torch.equal(layer.passport_gamma, layer.passport_beta)
     assert abs(records[0]["cosine_to_true"]) < 0.3
     # The owner's vault is not changed by the attack.
     assert torch.equal(Vault.from_model(model).signature, vault.signature)
@@ -96,11 +119,26 @@ def test_forged_passports_at_initialisation_score_clearly_below_the_true_passpor
     model, vault, splits = trained_pan["model"], trained_pan["vault"], trained_pan["splits"]
     true_acc = evaluate(model, splits.test, splits.mean, splits.std, 1)
     for name in ("original-attack-1", "release-holder"):
-        threat = threat_model(name, epochs=0)
+        threat = threat_model(name, recipe=_budget(name, epochs=0))
         _, records = forge_passports(export_public(model), vault, splits.train, splits.test,
                                      splits.mean, splits.std, threat, seed=3, progress=False)
         assert records[0]["accuracy"] < true_acc - 0.3, name
         assert records[0]["owner_detection"] < 0.8, name
+
+
+@pytest.mark.parametrize("name", sorted(THREAT_MODELS))
+def test_forged_passports_share_one_storage_only_where_the_threat_model_says(name, trained_pan):
+    model, vault, splits = trained_pan["model"], trained_pan["vault"], trained_pan["splits"]
+    threat = threat_model(name, recipe=_budget(name, epochs=0))
+    forged, _ = forge_passports(export_public(model), vault, splits.train, splits.test,
+                                splits.mean, splits.std, threat, progress=False)
+    for layer_name, layer in passport_layers(forged).items():
+        gamma, beta = layer.passport_gamma, layer.passport_beta
+        if threat.shared_passports:  # the original's Attack I: P_gamma and P_beta one tensor
+            assert beta is gamma and beta.data_ptr() == gamma.data_ptr(), layer_name
+        else:  # two separate passports, neither aliased nor equal
+            assert beta.data_ptr() != gamma.data_ptr(), layer_name
+            assert not torch.equal(gamma, beta), layer_name
 
 
 def test_training_forged_passports_pursues_the_claimed_signature_with_frozen_weights(
@@ -108,7 +146,8 @@ def test_training_forged_passports_pursues_the_claimed_signature_with_frozen_wei
 ):
     model, vault, splits = trained_pan["model"], trained_pan["vault"], trained_pan["splits"]
     acc0 = evaluate(model, splits.test, splits.mean, splits.std, 0)
-    threat = ThreatModel(epochs=3, lr=0.05, batch_size=32, flip=0.5, data_fraction=0.5)
+    threat = ThreatModel(recipe=replace(FORGE_RECIPE, epochs=3, lr=0.05, batch_size=32),
+                         flip=0.5, data_fraction=0.5)
     forged, records = forge_passports(export_public(model), vault, splits.train, splits.test,
                                       splits.mean, splits.std, threat, seed=0,
                                       reference_accuracy=acc0, progress=False)
@@ -117,6 +156,7 @@ def test_training_forged_passports_pursues_the_claimed_signature_with_frozen_wei
     assert first["claimed_detection"] < 0.6 < 0.7 < last["claimed_detection"]
     assert {"signature_ok", "accuracy_ok", "forgery_passes"} <= set(last)
     assert last["flip"] == 0.5 and last["data_fraction"] == 0.5  # flags travel with records
+    assert last["lr"] == 0.05 and last["optimizer"] == "adam"  # so do the recipe's fields
     # Frozen weights: only passports (and the attacker's MLP) moved.
     for (n, p), (_, p0) in zip(forged.named_parameters(), model.named_parameters(), strict=True):
         if ".mlp." not in n:
@@ -148,7 +188,7 @@ def test_data_free_construction_without_an_mlp_must_keep_the_released_signs():
     model.eval()
     vault, public = Vault.from_model(model), export_public(model)
     data = ImageData(torch.zeros(4, 3, 32, 32, dtype=torch.uint8), torch.zeros(4).long())
-    threat = ThreatModel(construct=True, epochs=0, flip=0.5)
+    threat = ThreatModel(construct=True, recipe=replace(FORGE_RECIPE, epochs=0), flip=0.5)
     forged, records = forge_passports(public, vault, data, data, (0.5,) * 3, (0.25,) * 3,
                                       threat, progress=False)
     assert records[0]["claimed_detection"] == 1.0

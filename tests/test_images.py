@@ -1,4 +1,4 @@
-"""Tests of pnorm.data: synthetic stand-ins, augmentation, and the real loaders on tiny files.
+"""Tests of pnorm.images: containers, augmentation, and the real loaders on tiny files.
 
 The real loaders are exercised on files written in the exact on-disk formats (CIFAR pickles,
 Adi et al. PNG folder), since these machines cannot download the datasets.
@@ -17,86 +17,25 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF
-from conftest import linear_probe_accuracy
 from PIL import Image
 from torchvision import datasets
 from torchvision.datasets import utils as tv_utils
 
-from pnorm import data
-from pnorm.data import (
+from pnorm import images
+from pnorm.images import (
     CIFAR_MEAN,
     CIFAR_STD,
     DataNotFoundError,
     ImageData,
-    _crop_flip,
-    abstract_trigger_set,
     augment_crop_flip,
+    crop_flip,
     load_adi_trigger_set,
     load_cifar,
     normalize,
-    synthetic_images,
-    synthetic_splits,
 )
+from pnorm.synthetic_images import synthetic_images
 
-# ------------------------------------------------------------------ synthetic data
-
-
-@pytest.mark.parametrize("task", ["shapes", "textures"])
-def test_synthetic_images_shape_dtype_balance(task: str) -> None:
-    d = synthetic_images(203, seed=3, task=task)
-    assert d.images.shape == (203, 3, 32, 32) and d.images.dtype == torch.uint8
-    assert d.labels.dtype == torch.int64 and len(d) == 203
-    assert len(d.classes) == 10 and all(isinstance(c, str) for c in d.classes)
-    counts = torch.bincount(d.labels, minlength=10)
-    assert counts.max() - counts.min() <= 1  # balanced up to the remainder
-    assert d.images.min() < 30 and d.images.max() > 225  # uses the pixel range
-    per_image_std = d.images.float().flatten(1).std(1)
-    assert (per_image_std > 5).all()  # no blank images
-    assert d.name == f"synthetic-{task}"
-
-
-def test_synthetic_images_deterministic_and_seed_dependent() -> None:
-    threads = torch.get_num_threads()
-    a, b = synthetic_images(64, seed=7), synthetic_images(64, seed=7)
-    assert torch.get_num_threads() == threads  # rendering runs on one thread, then restores
-    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
-    c = synthetic_images(64, seed=8)
-    assert not torch.equal(a.images, c.images)
-    t = synthetic_images(64, seed=7, task="textures")
-    assert not torch.equal(a.images, t.images) and t.classes != a.classes
-    with pytest.raises(ValueError, match="unknown synthetic task"):
-        synthetic_images(4, seed=0, task="clouds")
-    assert len(synthetic_images(0, seed=0)) == 0
-    with pytest.raises(TypeError):  # difficulty is edited in the source, never at run time
-        data.SHAPES_NUISANCE["noise"] = 0.0  # type: ignore[index]
-
-
-def test_synthetic_splits_are_independent_and_measured() -> None:
-    sp = synthetic_splits(120, 30, 50, seed=1)
-    assert (len(sp.train), len(sp.val), len(sp.test)) == (120, 30, 50)
-    assert sp.source == "synthetic" and sp.num_classes == 10
-    assert [sp.train.name, sp.val.name, sp.test.name] == [
-        "synthetic-shapes/train", "synthetic-shapes/val", "synthetic-shapes/test"]
-    # splits come from different seeds: no image is shared between train and test
-    flat_train = {bytes(x.numpy()) for x in sp.train.images}
-    assert not any(bytes(x.numpy()) in flat_train for x in sp.test.images)
-    x = sp.train.images.double() / 255
-    assert np.allclose(sp.mean, x.mean((0, 2, 3)).numpy())
-    assert np.allclose(sp.std, x.transpose(0, 1).reshape(3, -1).std(1).numpy())
-    again = synthetic_splits(120, 30, 50, seed=1)
-    assert torch.equal(again.test.images, sp.test.images)
-
-
-def test_abstract_trigger_set_labels_fixed_by_seed() -> None:
-    a, b = abstract_trigger_set(), abstract_trigger_set()
-    assert a.images.shape == (100, 3, 32, 32) and a.images.dtype == torch.uint8
-    assert torch.equal(a.labels, b.labels) and torch.equal(a.images, b.images)
-    assert a.labels.min() >= 0 and a.labels.max() < 10 and len(a.labels.unique()) > 5
-    c = abstract_trigger_set(seed=1)
-    assert not torch.equal(a.labels, c.labels)
-    d = abstract_trigger_set(n=40, num_classes=100, seed=2)
-    assert len(d) == 40 and d.labels.max() < 100 and len(d.classes) == 100
-    assert a.name == "trigger/abstract"
+# ------------------------------------------------------------------ containers
 
 
 def test_image_data_subset_and_validation() -> None:
@@ -109,23 +48,6 @@ def test_image_data_subset_and_validation() -> None:
         ImageData(d.images.float(), d.labels, d.classes, "bad")
     with pytest.raises(ValueError):
         ImageData(d.images, d.labels[:-1], d.classes, "bad")
-
-
-def _spectrum_features(images: torch.Tensor) -> torch.Tensor:
-    """Log |FFT| of the standardised grey image: invariant to position, colour and contrast."""
-    x = images.float().mean(1)
-    x = (x - x.mean((1, 2), keepdim=True)) / (x.std((1, 2), keepdim=True) + 1e-6)
-    return torch.log1p(torch.fft.rfft2(x).abs()).flatten(1)
-
-
-@pytest.mark.parametrize("task", ["shapes", "textures"])
-def test_synthetic_tasks_are_learnable_but_not_trivial(task: str) -> None:
-    # A linear model on translation-invariant spectrum features, 1,500 train / 500 test images.
-    # Not tuned to pass: it only checks "clearly above chance (10 %), below perfect".
-    d = synthetic_images(2000, seed=11, task=task)
-    acc = linear_probe_accuracy(_spectrum_features(d.images), d.labels, 1500, l2=0.05)
-    print(f"{task}: linear spectrum model test accuracy {acc:.3f}")
-    assert 0.2 < acc < 1.0
 
 
 # ------------------------------------------------------------------ normalisation and augmentation
@@ -152,12 +74,12 @@ def test_crop_flip_semantics() -> None:
     x = _numbered(4)
     four, zero = torch.full((4,), 4), torch.zeros(4, dtype=torch.long)
     no, yes = torch.zeros(4, dtype=torch.bool), torch.ones(4, dtype=torch.bool)
-    assert torch.equal(_crop_flip(x, four, four, no), x)  # centre offset: identity
-    assert torch.equal(_crop_flip(x, four, four, yes), x.flip(-1))  # flip all: mirror
-    top_left = _crop_flip(x, zero, zero, no)  # extreme offset: 4 rows/cols of zero padding
+    assert torch.equal(crop_flip(x, four, four, no), x)  # centre offset: identity
+    assert torch.equal(crop_flip(x, four, four, yes), x.flip(-1))  # flip all: mirror
+    top_left = crop_flip(x, zero, zero, no)  # extreme offset: 4 rows/cols of zero padding
     assert (top_left[:, :, :4, :] == 0).all() and (top_left[:, :, :, :4] == 0).all()
     assert torch.equal(top_left[:, :, 4:, 4:], x[:, :, :28, :28])
-    bottom_right = _crop_flip(x, 2 * four, 2 * four, no)
+    bottom_right = crop_flip(x, 2 * four, 2 * four, no)
     assert (bottom_right[:, :, 28:, :] == 0).all() and (bottom_right[:, :, :, 28:] == 0).all()
     assert torch.equal(bottom_right[:, :, :28, :28], x[:, :, 4:, 4:])
 
@@ -167,7 +89,7 @@ def test_crop_flip_matches_torchvision() -> None:
     x = synthetic_images(6, seed=5).images
     oy, ox = torch.tensor([0, 8, 3, 5, 1, 7]), torch.tensor([8, 0, 6, 2, 4, 1])
     flips = torch.tensor([True, False, True, False, True, False])
-    out = _crop_flip(x, oy, ox, flips)
+    out = crop_flip(x, oy, ox, flips)
     for i in range(6):
         ref = TF.crop(TF.pad(x[i], [4]), int(oy[i]), int(ox[i]), 32, 32)
         ref = TF.hflip(ref) if flips[i] else ref
@@ -397,7 +319,7 @@ def test_load_adi_accepts_jpg(tmp_path: Path) -> None:
     d = load_adi_trigger_set(tmp_path)
     assert d.images.shape == (2, 3, 32, 32) and d.labels.tolist() == [3, 4]
     assert abs(int(d.images[1, 0, 16, 16]) - 100) < 8  # jpeg is lossy
-    assert data.ADI_URL.startswith("https://github.com/adiyoss/WatermarkNN")
+    assert images.ADI_URL.startswith("https://github.com/adiyoss/WatermarkNN")
 
 
 def test_download_adi_checks_then_moves_into_place(tmp_path: Path) -> None:
@@ -409,16 +331,16 @@ def test_download_adi_checks_then_moves_into_place(tmp_path: Path) -> None:
         Image.new("RGB", (40, 40), (60 * k, 0, 0)).save(source / "pics" / f"{k}.jpg")
     (source / "labels-cifar.txt").write_text("9\n0\n4\n")
     target = tmp_path / "cache" / "adi"
-    got = data.download_adi_trigger_set(target, source.as_uri(), n_images=3, progress=False)
+    got = images.download_adi_trigger_set(target, source.as_uri(), n_images=3, progress=False)
     assert got == target and not target.with_name("adi.partial").exists()
-    assert data.load_adi_trigger_set(target).labels.tolist() == [9, 0, 4]
+    assert images.load_adi_trigger_set(target).labels.tolist() == [9, 0, 4]
     with pytest.raises(FileExistsError, match="delete it"):
-        data.download_adi_trigger_set(target, source.as_uri(), n_images=3, progress=False)
+        images.download_adi_trigger_set(target, source.as_uri(), n_images=3, progress=False)
     other = tmp_path / "cache" / "adi2"
     with pytest.raises(DataNotFoundError, match=r"pics/4\.jpg failed.*by hand"):
-        data.download_adi_trigger_set(other, source.as_uri(), n_images=4, progress=False)
+        images.download_adi_trigger_set(other, source.as_uri(), n_images=4, progress=False)
     assert not other.exists()
     (source / "labels-cifar.txt").write_text("12\n0\n4\n")
     with pytest.raises(DataNotFoundError, match="labels up to 12"):
-        data.download_adi_trigger_set(other, source.as_uri(), n_images=3, progress=False)
+        images.download_adi_trigger_set(other, source.as_uri(), n_images=3, progress=False)
     assert not other.exists()

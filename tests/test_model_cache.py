@@ -7,22 +7,28 @@ from dataclasses import replace
 import pytest
 import torch
 
-import pnorm.train
-import pnorm.zoo
-from pnorm.data import synthetic_splits
-from pnorm.models import export_public, passport_layers
+import pnorm.fileio
+import pnorm.model_cache
+import pnorm.profile_data
+import pnorm.training
+from pnorm.fileio import source_fingerprint, state_sha256
+from pnorm.model_cache import train_or_load
+from pnorm.models import export_public
+from pnorm.profile_data import trigger_set
 from pnorm.profiles import PROFILES
-from pnorm.vault import Vault, state_sha256
-from pnorm.zoo import source_fingerprint, train_or_load, trigger_set
+from pnorm.synthetic_images import synthetic_splits
+from pnorm.units import passport_layers
+from pnorm.vault import Vault
 
-PROFILE = replace(PROFILES["smoke"], width=0.125, n_train=64, n_val=32, n_test=32, epochs=2,
-                  batch_size=32, milestones=(1,), n_triggers=4, triggers_per_batch=2,
-                  eval_batch_size=64)
+SMOKE = PROFILES["smoke"]
+PROFILE = replace(SMOKE, width=0.125, n_train=64, n_val=32, n_test=32,
+                  train=replace(SMOKE.train, epochs=2, batch_size=32, milestones=(1 / 2,)),
+                  n_triggers=4, triggers_per_batch=2, eval_batch_size=64)
 FINGERPRINT = "f" * 64  # fixed, so that edits to pnorm/ during a test run change no key
 
 
 class _TrainCalled(Exception):
-    """Raised by the stand-in for pnorm.zoo.train; carries the checkpoint path it was given."""
+    """Raised by the stand-in for pnorm.model_cache.train; carries its checkpoint path."""
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +44,7 @@ def cached(data, tmp_path_factory):
     splits, trigger = data
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PNORM_CACHE", str(cache))
-        mp.setattr(pnorm.zoo, "source_fingerprint", lambda: FINGERPRINT)
+        mp.setattr(pnorm.model_cache, "source_fingerprint", lambda: FINGERPRINT)
         trained = train_or_load("pan", PROFILE, splits, trigger, message="owner", progress=False)
     return cache, trained
 
@@ -49,7 +55,7 @@ def use_cache(monkeypatch, cached, tmp_path):
     cache = tmp_path / "cache"
     shutil.copytree(cached[0], cache)
     monkeypatch.setenv("PNORM_CACHE", str(cache))
-    monkeypatch.setattr(pnorm.zoo, "source_fingerprint", lambda: FINGERPRINT)
+    monkeypatch.setattr(pnorm.model_cache, "source_fingerprint", lambda: FINGERPRINT)
     return cache
 
 
@@ -62,20 +68,20 @@ def no_training(monkeypatch):
         keys.append(re.search(r"-([0-9a-f]{16})$", checkpoint.parent.name).group(1))
         raise _TrainCalled(checkpoint)
 
-    monkeypatch.setattr(pnorm.zoo, "train", refuse)
+    monkeypatch.setattr(pnorm.model_cache, "train", refuse)
     return keys
 
 
 @pytest.fixture()
 def step_log(monkeypatch):
     steps: list[int] = []
-    real = pnorm.train.training_step
+    real = pnorm.training.training_step
 
     def counting(*args, **kwargs):
         steps.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pnorm.train, "training_step", counting)
+    monkeypatch.setattr(pnorm.training, "training_step", counting)
     return steps
 
 
@@ -97,7 +103,7 @@ def test_first_call_trains_and_writes_the_entry(cached):
     cache, trained = cached
     folder = _folder(cache, trained)
     assert {p.name for p in folder.iterdir()} == {"final.pt", "vault.pt", "checkpoint.pt"}
-    assert len(trained.history) == PROFILE.epochs
+    assert len(trained.history) == PROFILE.train.epochs
     assert trained.record["source"] == FINGERPRINT
     assert trained.vault is not None and trained.vault.message == "owner"
     assert trained.vault.public_sha256 == state_sha256(trained.public)
@@ -139,7 +145,8 @@ def test_public_model_has_no_passport_layers(cached):
 @pytest.mark.parametrize(
     "change",
     [{"seed": 1}, {"message": "someone else"}, {"preset": "clean"}, {"schedule": "alternating"},
-     {"fingerprint": "0" * 64}, {"profile": {"epochs": 3}}, {"data_seed": 1}],
+     {"fingerprint": "0" * 64}, {"profile": {"train": replace(PROFILE.train, epochs=3)}},
+     {"data_seed": 1}],
     ids=lambda c: next(iter(c)),
 )
 def test_the_key_covers_config_seed_message_data_and_source(
@@ -149,7 +156,7 @@ def test_the_key_covers_config_seed_message_data_and_source(
     kwargs = {"message": "owner"}
     profile = PROFILE
     if "fingerprint" in change:
-        monkeypatch.setattr(pnorm.zoo, "source_fingerprint", lambda: change["fingerprint"])
+        monkeypatch.setattr(pnorm.model_cache, "source_fingerprint", lambda: change["fingerprint"])
     elif "profile" in change:
         profile = replace(PROFILE, **change["profile"])
     elif "data_seed" in change:
@@ -163,10 +170,11 @@ def test_the_key_covers_config_seed_message_data_and_source(
 
 def test_a_changed_fingerprint_retrains_for_real(data, cached, use_cache, monkeypatch):
     splits, trigger = data
-    monkeypatch.setattr(pnorm.zoo, "source_fingerprint", lambda: "0" * 64)
+    monkeypatch.setattr(pnorm.model_cache, "source_fingerprint", lambda: "0" * 64)
     calls = []
-    real = pnorm.zoo.train
-    monkeypatch.setattr(pnorm.zoo, "train", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = pnorm.model_cache.train
+    monkeypatch.setattr(pnorm.model_cache, "train",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
     fresh = train_or_load("pan", PROFILE, splits, trigger, message="owner", progress=False)
     assert calls == [1] and fresh.key != cached[1].key
     assert _folder(use_cache, fresh).is_dir() and _folder(use_cache, cached[1]).is_dir()
@@ -180,9 +188,9 @@ def test_real_source_fingerprint_is_a_stable_sha256():
 
 
 def test_fingerprint_covers_training_modules_but_not_attacks_or_figures(tmp_path, monkeypatch):
-    for name in ("layers.py", "train.py", "attacks.py", "plots.py"):
+    for name in ("layers.py", "training.py", "attacks.py", "plots.py"):
         (tmp_path / name).write_text(f"# {name}\n")
-    monkeypatch.setattr(pnorm.zoo, "_PKG_DIR", tmp_path)
+    monkeypatch.setattr(pnorm.fileio, "_PKG_DIR", tmp_path)
     base = source_fingerprint()
     (tmp_path / "attacks.py").write_text("# a new attack\n")
     (tmp_path / "plots.py").write_text("# a new colour\n")
@@ -219,7 +227,7 @@ def test_a_corrupt_entry_is_rebuilt_from_its_complete_checkpoint(
 
 def test_plain_scheme_has_no_vault(data, use_cache, no_training, monkeypatch):
     splits, trigger = data
-    monkeypatch.setattr(pnorm.zoo, "train", pnorm.train.train)  # allow this one training
+    monkeypatch.setattr(pnorm.model_cache, "train", pnorm.training.train)  # allow this one
     plain = train_or_load("plain", PROFILE, splits, trigger, progress=False)
     assert plain.vault is None
     assert not passport_layers(plain.model) and not passport_layers(plain.public)
@@ -229,7 +237,7 @@ def test_plain_scheme_has_no_vault(data, use_cache, no_training, monkeypatch):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(export_public(plain.model).eval()(x), plain.public.eval()(x))
-    monkeypatch.setattr(pnorm.zoo, "train", lambda *a, **k: pytest.fail("should load"))
+    monkeypatch.setattr(pnorm.model_cache, "train", lambda *a, **k: pytest.fail("should load"))
     again = train_or_load("plain", PROFILE, splits, trigger, progress=False)
     assert again.vault is None
     assert _same_state(again.model.state_dict(), plain.model.state_dict())
@@ -243,7 +251,7 @@ def test_real_profiles_use_the_adi_trigger_set(monkeypatch, tmp_path):
     from pnorm.profiles import PROFILES
 
     monkeypatch.setenv("PNORM_CACHE", str(tmp_path))
-    folder = tmp_path / "data" / pnorm.zoo.ADI_FOLDER
+    folder = tmp_path / "data" / pnorm.profile_data.ADI_FOLDER
     fetched = []
 
     def fake_download(target):
@@ -254,12 +262,12 @@ def test_real_profiles_use_the_adi_trigger_set(monkeypatch, tmp_path):
         (target / "labels-cifar.txt").write_text("5\n7\n")
         return target
 
-    monkeypatch.setattr(pnorm.zoo, "download_adi_trigger_set", fake_download)
+    monkeypatch.setattr(pnorm.profile_data, "download_adi_trigger_set", fake_download)
     real = PROFILES["gpu"]
-    trig = pnorm.zoo.trigger_set(real)
+    trig = pnorm.profile_data.trigger_set(real)
     assert fetched == [folder] and trig.name == "trigger/adi" and trig.labels.tolist() == [5, 7]
-    pnorm.zoo.trigger_set(real)
+    pnorm.profile_data.trigger_set(real)
     assert fetched == [folder]  # read from the cache the second time
     with pytest.raises(ValueError, match="labels up to 7, too many for 5 classes"):
-        pnorm.zoo.trigger_set(real, num_classes=5)
-    assert pnorm.zoo.trigger_set(PROFILES["smoke"]).name == "trigger/abstract"
+        pnorm.profile_data.trigger_set(real, num_classes=5)
+    assert pnorm.profile_data.trigger_set(PROFILES["smoke"]).name == "trigger/abstract"

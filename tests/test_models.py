@@ -6,10 +6,13 @@ import pytest
 import torch
 from torch import nn
 
+from pnorm.alexnet import AlexNetCIFAR
 from pnorm.layers import ConvNormAct, PassportAwareNorm
-from pnorm.models import AlexNetCIFAR, build_model, export_public, passport_layers
+from pnorm.models import build_model, export_public
 from pnorm.passport import key_model
-from pnorm.train import TrainConfig, training_step
+from pnorm.recipes import Recipe
+from pnorm.training import TrainConfig, training_step
+from pnorm.units import passport_layers
 
 
 def _keyed(scheme="pan", **kw) -> AlexNetCIFAR:
@@ -75,7 +78,7 @@ def test_batched_step_equals_two_pass_step(scheme):
         torch.testing.assert_close(s, t, rtol=1e-5, atol=1e-5)
 
     a2, b2 = copy.deepcopy(a), copy.deepcopy(b)  # statistics now equal; take one step each
-    cfg = TrainConfig(lr=0.05)
+    cfg = TrainConfig(recipe=Recipe(lr=0.05))
     opt_a = torch.optim.SGD(a2.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     opt_b = torch.optim.SGD(b2.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     la = training_step(a2, x, y, opt_a, TrainConfig(**{**cfg.__dict__, "batched": False}))

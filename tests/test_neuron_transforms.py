@@ -1,15 +1,18 @@
-"""Invariant neuron transforms (KDD 2023 attack, PAN_SPEC §9): they preserve the released
-model's function, break PAN's signature read-out, and the owner's re-alignment restores it."""
+"""Invariant neuron transforms (KDD 2023 attack, book/method.md#method-later-attacks): they
+preserve the released model's function, break PAN's signature read-out, and the owner's
+re-alignment restores it."""
 
 import itertools
 
 import pytest
 import torch
 
-from pnorm.data import normalize
-from pnorm.models import AlexNetCIFAR, export_public, passport_layers
-from pnorm.transforms import linear_sum_assignment, obfuscate, realign
-from pnorm.vault import state_sha256
+from pnorm.alexnet import AlexNetCIFAR
+from pnorm.fileio import state_sha256
+from pnorm.images import normalize
+from pnorm.models import export_public
+from pnorm.neuron_transforms import linear_sum_assignment, obfuscate, realign
+from pnorm.units import passport_layers
 from pnorm.verify import signature_detection
 
 UNITS = ["conv1", "conv2", "conv3", "conv4", "conv5"]

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pnorm.models import ALEXNET_LAYERS, AlexNetCIFAR, passport_layers
+from pnorm.alexnet import ALEXNET_LAYERS, AlexNetCIFAR
 from pnorm.passport import (
     bits_to_text,
     capacity,
@@ -13,6 +13,7 @@ from pnorm.passport import (
     random_passports,
     text_to_bits,
 )
+from pnorm.units import passport_layers
 
 WIDTH = 0.125  # channels 8, 24, 48, 32, 32 -> 144 signature bits
 

@@ -1,4 +1,4 @@
-"""Point clouds end to end: training (resume, regulariser), evaluation, zoo, and the attacks.
+"""Point clouds end to end: training (resume, regulariser), evaluation, cache, and the attacks.
 
 The same functions that chapters 02-06 run on AlexNet must run on PointNet (chapter 07);
 everything here uses a tiny PointNet (width 1/16, 64 points) so it runs in seconds.
@@ -9,27 +9,30 @@ from dataclasses import replace
 import pytest
 import torch
 
-import pnorm.train
+import pnorm.training
 from pnorm.attacks import fine_tune, finetune_config, pruning_sweep
 from pnorm.batches import trigger_data
-from pnorm.forgery import forge_passports, threat_model
+from pnorm.fileio import state_sha256
+from pnorm.forgery import THREAT_MODELS, forge_passports, threat_model
+from pnorm.model_cache import train_or_load
 from pnorm.passport import key_model
-from pnorm.pointdata import point_trigger_set, synthetic_point_splits
 from pnorm.pointnet import PointNetCls
 from pnorm.profiles import PROFILES, PointScale
-from pnorm.train import TrainConfig, train
-from pnorm.vault import state_sha256
+from pnorm.recipes import Recipe, make_optimizer
+from pnorm.synthetic_points import point_trigger_set, synthetic_point_splits
+from pnorm.training import TrainConfig, train
 from pnorm.verify import evaluate, verify_ownership
-from pnorm.zoo import train_or_load
 
 POINTS = 64
-CFG = TrainConfig(epochs=3, batch_size=16, lr=0.003, optimizer="adam", weight_decay=1e-4,
-                  milestones=(2,), lr_gamma=0.5, triggers_per_batch=4, select="last",
-                  eval_batch_size=64)
-SCALE = PointScale(width=1 / 16, n_points=POINTS, n_train=96, n_val=32, n_test=64, epochs=4,
-                   batch_size=16, lr=0.003, milestones=(3,), lr_gamma=0.5, n_triggers=12,
-                   triggers_per_batch=4, finetune_epochs=1, finetune_lr=0.003, forge_epochs=1,
-                   forge_data_fraction=0.5)
+CFG = TrainConfig(recipe=Recipe(epochs=3, batch_size=16, optimizer="adam", lr=0.003,
+                                weight_decay=1e-4, milestones=(2 / 3,), lr_gamma=0.5),
+                  triggers_per_batch=4, select="last", eval_batch_size=64)
+SCALE = PointScale(width=1 / 16, n_points=POINTS, n_train=96, n_val=32, n_test=64,
+                   train=Recipe(epochs=4, batch_size=16, optimizer="adam", lr=0.003,
+                                weight_decay=1e-4, milestones=(3 / 4,), lr_gamma=0.5),
+                   n_triggers=12, triggers_per_batch=4,
+                   finetune=replace(PointScale().finetune, epochs=1, lr=0.003),
+                   forge=replace(PointScale().forge, epochs=1), forge_data_fraction=0.5)
 PROFILE = replace(PROFILES["smoke"], points=SCALE, eval_batch_size=64)
 
 
@@ -53,7 +56,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def owner(tmp_path_factory):
-    """A tiny PAN PointNet trained through the zoo, as chapter 07 gets it."""
+    """A tiny PAN PointNet trained through the model cache, as chapter 07 gets it."""
     mp = pytest.MonkeyPatch()
     mp.setenv("PNORM_CACHE", str(tmp_path_factory.mktemp("cache")))
     splits = synthetic_point_splits(SCALE.n_train, SCALE.n_val, SCALE.n_test, POINTS, seed=0)
@@ -70,31 +73,32 @@ def test_training_adds_the_regulariser_and_resumes_exactly(data, tmp_path, monke
     assert len(reference.history) == 3 and reference.history[-1]["detection"] > 0.5
     # The loss includes the feature-transform penalty: with it switched off, numbers change.
     monkeypatch.setattr(PointNetCls, "transform_penalty", lambda self, t: 0.0 * t.sum())
-    without = train(_fresh(), splits, replace(CFG, epochs=1), trigger, progress=False)
+    without = train(_fresh(), splits, replace(CFG, recipe=replace(CFG.recipe, epochs=1)),
+                    trigger, progress=False)
     assert without.history[0]["loss0"] != reference.history[0]["loss0"]
     monkeypatch.undo()
 
-    path, real_save = tmp_path / "ckpt.pt", pnorm.train.atomic_torch_save
+    path, real_save = tmp_path / "ckpt.pt", pnorm.training.atomic_torch_save
 
     def save_then_crash(obj, p):
         real_save(obj, p)
         if obj["epoch"] == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(pnorm.train, "atomic_torch_save", save_then_crash)
+    monkeypatch.setattr(pnorm.training, "atomic_torch_save", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
         train(_fresh(), splits, CFG, trigger, checkpoint=path, progress=False)
-    monkeypatch.setattr(pnorm.train, "atomic_torch_save", real_save)
+    monkeypatch.setattr(pnorm.training, "atomic_torch_save", real_save)
     resumed = train(_fresh(), splits, CFG, trigger, checkpoint=path, progress=False)
     for a, b in zip(resumed.model.state_dict().values(), reference.model.state_dict().values(),
                     strict=True):
         assert torch.equal(a, b)  # dropout and augmentation replay exactly
 
 
-def test_adam_is_used_and_a_bad_optimizer_is_named(data):
-    splits, _ = data
-    with pytest.raises(ValueError, match="optimizer must be 'sgd' or 'adam'"):
-        train(_fresh(), splits, replace(CFG, optimizer="lbfgs"), progress=False)
+def test_adam_is_used_and_a_bad_optimizer_is_named():
+    assert isinstance(make_optimizer(_fresh().parameters(), CFG.recipe), torch.optim.Adam)
+    with pytest.raises(ValueError, match=r"Recipe\.optimizer must be one of \('sgd', 'adam'\)"):
+        replace(CFG.recipe, optimizer="lbfgs")
 
 
 def test_evaluate_takes_point_data_without_normalisation_constants(data):
@@ -107,10 +111,10 @@ def test_evaluate_takes_point_data_without_normalisation_constants(data):
     assert acc1 == (logits1.argmax(1) == splits.test.labels).float().mean().item()
 
 
-def test_zoo_trains_a_pointnet_and_its_vault_verifies_it(owner):
+def test_model_cache_trains_a_pointnet_and_its_vault_verifies_it(owner):
     trained, splits = owner
     assert trained.record["model"]["arch"] == "pointnet"
-    assert trained.record["train"]["optimizer"] == "adam"
+    assert trained.record["train"]["recipe"]["optimizer"] == "adam"
     assert trained.record["mean"] is None and trained.vault.data_stats == {}
     assert set(trained.vault.layers) == {"convp1", "convp2", "convp3", "p1", "p2", "p3"}
     trigger = trigger_data(trained.vault)
@@ -126,8 +130,9 @@ def test_fine_tuning_replaces_p3_and_reads_the_other_five_layers(owner):
     trained, _ = owner
     vault_hash = _vault_digest(trained.vault)
     new_task = synthetic_point_splits(64, 16, 32, POINTS, seed=3, task="objects")
-    config = finetune_config("clean", epochs=1, lr=0.003, optimizer="adam", batch_size=16,
-                             weight_decay=1e-4, milestones=())
+    config = finetune_config("clean", recipe=Recipe(epochs=1, lr=0.003, optimizer="adam",
+                                                    batch_size=16, weight_decay=1e-4,
+                                                    milestones=()))
     model, records = fine_tune(trained.public, trained.vault, new_task, config, progress=False)
     assert [r["epoch"] for r in records] == [0, 1]
     bits_without_head = sum(e["tensors"]["signature"].numel()
@@ -153,8 +158,8 @@ def test_pruning_sweep_runs_on_pointnet(owner, preset):
 
 def test_forgery_runs_on_pointnet(owner):
     trained, splits = owner
-    threat = threat_model("original-attack-2", epochs=1, data_fraction=0.5, flip=0.5,
-                          batch_size=16)
+    recipe = replace(THREAT_MODELS["original-attack-2"].recipe, epochs=1, batch_size=16)
+    threat = threat_model("original-attack-2", data_fraction=0.5, flip=0.5, recipe=recipe)
     _, records = forge_passports(trained.public, trained.vault, splits.train, splits.test,
                                  None, None, threat, seed=0, eval_batch_size=64,
                                  reference_accuracy=0.5, progress=False)

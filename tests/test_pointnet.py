@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from pnorm.layers import BranchNormUnit, ConvNormAct, PassportAwareNorm
-from pnorm.models import build_model, export_public, passport_layers, total_sign_loss
+from pnorm.models import build_model, export_public
 from pnorm.passport import key_model
 from pnorm.pointnet import (
     POINTNET_LAYERS,
@@ -18,6 +18,7 @@ from pnorm.pointnet import (
     feature_transform_regularizer,
     pointnet_loss,
 )
+from pnorm.units import passport_layers, total_sign_loss
 from pnorm.vault import Vault, VaultError
 
 P = 32  # points per cloud in these tests

@@ -1,4 +1,4 @@
-"""Tests of pnorm.pointdata: the ModelNet40 loader on tiny files, synthetic clouds, 3-D triggers.
+"""Tests of pnorm.points: the ModelNet40 loader on tiny files, augmentation and the container.
 
 The loader and the download path run on files written in the exact
 ``modelnet40_normal_resampled`` layout, since these machines cannot download ModelNet40.
@@ -12,23 +12,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import linear_probe_accuracy
 
-from pnorm import pointdata
-from pnorm.data import DataNotFoundError
-from pnorm.pointdata import (
+from pnorm import points
+from pnorm.fileio import DataNotFoundError
+from pnorm.points import (
     MODELNET40_FOLDER,
-    OBJECT_CLASSES,
-    SOLID_CLASSES,
     PointData,
     augment_points,
     download_modelnet40,
     load_modelnet40,
     normalize_clouds,
-    point_trigger_set,
-    synthetic_point_splits,
-    synthetic_points,
 )
+from pnorm.synthetic_points import synthetic_points
 
 # Shape-name order is deliberately not alphabetical: labels must follow the file's order.
 CLASSES = ["table", "airplane", "flower_pot"]
@@ -122,7 +117,7 @@ def test_modelnet_random_sampling_is_seeded(tmp_path: Path) -> None:
         key = first.test.points[k, 0].sort().values
         torch.testing.assert_close(a.test.points[k, 0].sort().values, key)
     # A file shorter than n_points is cycled (first) or drawn with replacement (random).
-    short = [i for i, s in enumerate(pointdata._read_lines(
+    short = [i for i, s in enumerate(points._read_lines(
         tmp_path / MODELNET40_FOLDER / "modelnet40_train.txt")) if s == "airplane_0004"][0]
     torch.testing.assert_close(first.train.points[short, :, 5], first.train.points[short, :, 0])
     assert a.train.points[short].unique(dim=1).shape[1] <= 5
@@ -141,7 +136,7 @@ def test_modelnet_cache_is_reused_and_rebuilt_when_damaged(tmp_path: Path, monke
         raise AssertionError("the cache should have been used")
 
     with monkeypatch.context() as m:  # a second load never opens a text file
-        m.setattr(pointdata, "_read_cloud", no_reading)
+        m.setattr(points, "_read_cloud", no_reading)
         again = load_modelnet40(tmp_path, n_points=8, n_val=1, cache_dir=cache)
     assert torch.equal(again.test.points, sp.test.points)
 
@@ -167,6 +162,7 @@ def test_modelnet_cache_is_reused_and_rebuilt_when_damaged(tmp_path: Path, monke
 
 
 def test_modelnet_missing_data_is_a_clear_error(tmp_path: Path) -> None:
+    assert points.DataNotFoundError is DataNotFoundError  # one error type for every loader
     with pytest.raises(DataNotFoundError, match="does not exist") as err:
         load_modelnet40(tmp_path / "nowhere")
     msg = str(err.value)
@@ -212,13 +208,13 @@ def test_download_verifies_the_checksum_before_extracting(tmp_path: Path, monkey
         download_modelnet40(dest, urls=(zip_path.as_uri(),), sha256="0" * 64)
     assert not (dest / MODELNET40_FOLDER).exists() and not list(dest.iterdir())
 
-    monkeypatch.setattr(pointdata, "MODELNET40_SHA256", None)
+    monkeypatch.setattr(points, "MODELNET40_SHA256", None)
     with pytest.raises(DataNotFoundError, match="no SHA-256 is recorded"):
         download_modelnet40(dest, urls=(zip_path.as_uri(),))
 
     # With the expected digest in place: a dead mirror is skipped, the next one is used.
-    monkeypatch.setattr(pointdata, "MODELNET40_SHA256", digest)
-    monkeypatch.setattr(pointdata, "MODELNET40_URLS",
+    monkeypatch.setattr(points, "MODELNET40_SHA256", digest)
+    monkeypatch.setattr(points, "MODELNET40_URLS",
                         ((tmp_path / "missing.zip").as_uri(), zip_path.as_uri()))
     sp = load_modelnet40(dest, n_points=8, n_val=1, download=True)
     assert len(sp.test) == 3 and (dest / MODELNET40_FOLDER / "airplane").is_dir()
@@ -232,80 +228,7 @@ def test_download_verifies_the_checksum_before_extracting(tmp_path: Path, monkey
                             sha256=hashlib.sha256(bad.read_bytes()).hexdigest())
 
 
-# ------------------------------------------------------------------ synthetic clouds
-
-
-@pytest.mark.parametrize("task", ["solids", "objects"])
-def test_synthetic_points_shape_balance_normalisation(task: str) -> None:
-    d = synthetic_points(203, n_points=64, seed=3, task=task)
-    assert d.points.shape == (203, 3, 64) and d.points.dtype == torch.float32
-    assert d.labels.dtype == torch.int64 and len(d) == 203 and d.n_points == 64
-    assert d.classes == (SOLID_CLASSES if task == "solids" else OBJECT_CLASSES)
-    counts = torch.bincount(d.labels, minlength=10)
-    assert counts.max() - counts.min() <= 1
-    assert d.points.mean(2).abs().max() < 1e-5
-    assert (d.points.norm(dim=1).amax(1) - 1).abs().max() < 1e-5
-    assert torch.isfinite(d.points).all() and d.name == f"synthetic-{task}"
-
-
-def test_synthetic_points_deterministic_and_seed_dependent() -> None:
-    threads = torch.get_num_threads()
-    a, b = synthetic_points(40, 32, seed=7), synthetic_points(40, 32, seed=7)
-    assert torch.get_num_threads() == threads
-    assert torch.equal(a.points, b.points) and torch.equal(a.labels, b.labels)
-    assert not torch.equal(a.points, synthetic_points(40, 32, seed=8).points)
-    assert not torch.equal(a.points, synthetic_points(40, 32, seed=7, task="objects").points)
-    assert len(synthetic_points(0, 32, seed=0)) == 0
-    with pytest.raises(ValueError, match="unknown synthetic point task"):
-        synthetic_points(4, 32, seed=0, task="clouds")
-    with pytest.raises(TypeError):  # difficulty is edited in the source, never at run time
-        pointdata.POINTS_NUISANCE["jitter"] = (0.0, 0.0)  # type: ignore[index]
-
-
-def test_synthetic_point_splits_are_independent() -> None:
-    sp = synthetic_point_splits(60, 20, 30, n_points=32, seed=1, task="objects")
-    assert (len(sp.train), len(sp.val), len(sp.test)) == (60, 20, 30)
-    assert sp.num_classes == 10 and sp.source == "synthetic"
-    assert sp.val.name == "synthetic-objects/val"
-    train = {bytes(p.numpy()) for p in sp.train.points}
-    assert not any(bytes(p.numpy()) in train for p in sp.test.points)
-    again = synthetic_point_splits(60, 20, 30, n_points=32, seed=1, task="objects")
-    assert torch.equal(again.test.points, sp.test.points)
-
-
-def _invariant_features(points: torch.Tensor) -> torch.Tensor:
-    """Pose-invariant histograms: distances to the centroid and between random point pairs."""
-    r = points.norm(dim=1)
-    d = (points[:, :, :64] - points[:, :, 64:128]).norm(dim=1)
-    edges = torch.linspace(0, 2, 17)
-    hist = [torch.stack([((x >= lo) & (x < hi)).float().mean(1)
-                         for lo, hi in zip(edges[:-1], edges[1:], strict=True)], 1)
-            for x in (r, d)]
-    return torch.cat(hist, 1)
-
-
-@pytest.mark.parametrize("task", ["solids", "objects"])
-def test_synthetic_points_are_learnable_but_not_trivial(task: str) -> None:
-    # A linear model on pose-invariant distance histograms, 1,500 train / 500 test clouds.
-    d = synthetic_points(2000, 128, seed=11, task=task)
-    acc = linear_probe_accuracy(_invariant_features(d.points), d.labels, 1500, l2=0.01)
-    print(f"{task}: linear histogram model test accuracy {acc:.3f}")
-    assert 0.3 < acc < 0.99
-
-
-# ------------------------------------------------------------------ triggers, augmentation
-
-
-def test_point_trigger_set_is_fixed_by_its_seed() -> None:
-    a, b = point_trigger_set(), point_trigger_set()
-    assert a.points.shape == (100, 3, 1024) and a.name == "trigger/blobs"
-    assert torch.equal(a.points, b.points) and torch.equal(a.labels, b.labels)
-    assert a.labels.min() >= 0 and a.labels.max() < 10 and len(a.labels.unique()) > 5
-    assert (a.points.norm(dim=1).amax(1) - 1).abs().max() < 1e-5
-    c = point_trigger_set(seed=1)
-    assert not torch.equal(a.labels, c.labels) and not torch.equal(a.points, c.points)
-    d = point_trigger_set(n=30, num_classes=40, n_points=64, seed=2)
-    assert d.points.shape == (30, 3, 64) and d.labels.max() < 40 and len(d.classes) == 40
+# ------------------------------------------------------------------ augmentation, containers
 
 
 def test_augment_points_is_seeded_and_does_what_it_says() -> None:

@@ -28,9 +28,14 @@ def test_profile_from_the_environment(monkeypatch, name):
 
 def test_cpu_profiles_are_small_and_smoke_is_smallest():
     smoke, cpu = PROFILES["smoke"], PROFILES["cpu"]
-    assert smoke.n_train < cpu.n_train and smoke.epochs <= cpu.epochs
-    assert all(m < p.epochs for p in PROFILES.values() for m in p.milestones)
-    assert PROFILES["paper"].epochs == 200 and PROFILES["paper"].milestones == (100, 150)
+    assert smoke.n_train < cpu.n_train and smoke.train.epochs <= cpu.train.epochs
+    assert all(e < p.train.epochs for p in PROFILES.values() for e in p.train.milestone_epochs)
+    paper = PROFILES["paper"].train
+    assert paper.epochs == 200 and paper.milestone_epochs == (100, 150)
+    # Milestones are fractions now; they decay at the same epochs as before.
+    assert smoke.train.milestone_epochs == (2,) and cpu.train.milestone_epochs == (8, 12)
+    assert cpu.points.train.milestone_epochs == (14, 17)
+    assert PROFILES["gpu"].points.train.milestone_epochs == (20, 40)
 
 
 def test_explicit_name_beats_the_environment(monkeypatch):
@@ -84,10 +89,13 @@ def test_gpu_profiles_without_cuda_say_what_to_do(name):
 def test_profiles_are_frozen_and_serialisable():
     profile = PROFILES["smoke"]
     with pytest.raises(FrozenInstanceError):
-        profile.epochs = 100  # type: ignore[misc]
+        profile.width = 1.0  # type: ignore[misc]
+    with pytest.raises(FrozenInstanceError):
+        profile.train.epochs = 100  # type: ignore[misc]
     d = profile_dict(profile)
-    assert d["name"] == "smoke" and d["milestones"] == profile.milestones
-    assert set(d) >= {"data", "device", "width", "n_train", "epochs", "batch_size", "lr"}
+    assert d["name"] == "smoke" and d["train"] == profile.train
+    assert set(d) >= {"data", "device", "width", "n_train", "train", "finetune", "forge", "erb",
+                      "points"}
 
 
 def test_cache_dir_honours_pnorm_cache(monkeypatch, tmp_path):
@@ -108,11 +116,13 @@ def test_cache_dir_defaults_to_home(monkeypatch, tmp_path):
 
 def test_point_scales_follow_the_3d_recipe_and_shrink_for_the_cpu():
     paper = PROFILES["paper"].points
-    assert (paper.lr, paper.weight_decay, paper.lr_gamma, paper.epochs) == (1e-3, 1e-4, 0.7, 200)
-    assert paper.milestones == tuple(range(20, 200, 20))  # StepLR(step 20, gamma 0.7)
-    assert (paper.batch_size, paper.triggers_per_batch, paper.n_points) == (16, 16, 1024)
+    r = paper.train
+    assert (r.optimizer, r.lr, r.weight_decay, r.lr_gamma, r.epochs) == (
+        "adam", 1e-3, 1e-4, 0.7, 200)
+    assert r.milestone_epochs == tuple(range(20, 200, 20))  # StepLR(step 20, gamma 0.7)
+    assert (r.batch_size, paper.triggers_per_batch, paper.n_points) == (16, 16, 1024)
     assert paper.passport_layers is None  # all six
     smoke, cpu = PROFILES["smoke"].points, PROFILES["cpu"].points
-    assert smoke.n_train < cpu.n_train and smoke.epochs < cpu.epochs
+    assert smoke.n_train < cpu.n_train and smoke.train.epochs < cpu.train.epochs
     assert smoke.n_points <= cpu.n_points < paper.n_points
     assert "p3" not in cpu.passport_layers and "PointNet" in cpu.describe()

@@ -7,10 +7,12 @@ import torch
 from torch import nn
 
 from pnorm.layers import ConvNormAct, PassportAwareNorm
-from pnorm.models import build_model, export_public, passport_layers, unit_layers
+from pnorm.models import build_model, export_public
 from pnorm.passport import key_model
+from pnorm.recipes import Recipe
 from pnorm.resnet import RESNET18_LAYER4, RESNET18_LAYERS, ResNet18CIFAR
-from pnorm.train import TrainConfig, training_step
+from pnorm.training import TrainConfig, training_step
+from pnorm.units import passport_layers, unit_layers
 from pnorm.vault import Vault
 
 
@@ -101,7 +103,7 @@ def test_batched_step_equals_two_pass_step(variant):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(10, 3, 32, 32, generator=g, dtype=torch.float64)
     y = torch.randint(0, 10, (10,), generator=g)
-    cfg = TrainConfig(lr=0.05)
+    cfg = TrainConfig(recipe=Recipe(lr=0.05))
     opt_a = torch.optim.SGD(a.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     opt_b = torch.optim.SGD(b.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     a.train()

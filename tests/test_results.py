@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-import pnorm.zoo
+import pnorm.results
 from pnorm.profiles import PROFILES
 from pnorm.results import load_results, record_results, results_dir
 
@@ -33,7 +33,7 @@ def test_round_trip_keeps_values_and_labels_rows():
 def test_records_from_other_code_are_flagged_stale(monkeypatch):
     record_results("02-training", SMOKE,
                    [{"claim": "c", "quantity": "q", "value": 1.0, "unit": "ratio"}])
-    monkeypatch.setattr(pnorm.zoo, "source_fingerprint", lambda: "changed")
+    monkeypatch.setattr(pnorm.results, "source_fingerprint", lambda: "changed")
     assert load_results(SMOKE)["02-training"]["stale"] is True
 
 

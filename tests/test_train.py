@@ -1,20 +1,26 @@
 """Training: exact resume after an interruption, checkpoint safety, seeds, schedules, selection."""
 
 import shutil
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 import pytest
 import torch
 
-import pnorm.train
-from pnorm.data import abstract_trigger_set, synthetic_splits
-from pnorm.models import AlexNetCIFAR
+import pnorm.training
+from pnorm.alexnet import AlexNetCIFAR
 from pnorm.passport import key_model
-from pnorm.train import PRESETS, TrainConfig, config_for, train, training_step
+from pnorm.recipes import Recipe
+from pnorm.synthetic_images import abstract_trigger_set, synthetic_splits
+from pnorm.training import TrainConfig, amp_dtype, config_for, train, training_step
 
-CFG = TrainConfig(epochs=3, batch_size=32, lr=0.02, milestones=(2,), triggers_per_batch=2,
-                  select="last", eval_batch_size=64)
+CFG = TrainConfig(recipe=Recipe(epochs=3, batch_size=32, lr=0.02, milestones=(2 / 3,)),
+                  triggers_per_batch=2, select="last", eval_batch_size=64)
 N_TRAIN = 64  # two steps per epoch
+
+
+def _with(config: TrainConfig, **recipe_fields) -> TrainConfig:
+    """``config`` with some of its recipe's fields replaced (epochs, lr, milestones, …)."""
+    return replace(config, recipe=replace(config.recipe, **recipe_fields))
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -55,13 +61,13 @@ def reference(data, tmp_path_factory):
 def step_log(monkeypatch):
     """Record the batch size of every training step that ``train`` takes."""
     sizes: list[int] = []
-    real = pnorm.train.training_step
+    real = pnorm.training.training_step
 
     def counting(model, x, y, *args, **kwargs):
         sizes.append(int(x.shape[0]))
         return real(model, x, y, *args, **kwargs)
 
-    monkeypatch.setattr(pnorm.train, "training_step", counting)
+    monkeypatch.setattr(pnorm.training, "training_step", counting)
     return sizes
 
 
@@ -81,19 +87,19 @@ def test_resume_after_an_interruption_is_exact(data, reference, tmp_path, monkey
     splits, trigger = data
     ref_result, ref_path = reference
     path = tmp_path / "checkpoint.pt"
-    real_save = pnorm.train.atomic_torch_save
+    real_save = pnorm.training.atomic_torch_save
 
     def save_then_crash(obj, p):
         real_save(obj, p)
         if obj["epoch"] == 1:  # the second checkpoint is on disk: the session dies now
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(pnorm.train, "atomic_torch_save", save_then_crash)
+    monkeypatch.setattr(pnorm.training, "atomic_torch_save", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
         train(_fresh(), splits, CFG, trigger, checkpoint=path, progress=False)
     assert torch.load(path, weights_only=True)["epoch"] == 1
     assert len(step_log) == 4
-    monkeypatch.setattr(pnorm.train, "atomic_torch_save", real_save)
+    monkeypatch.setattr(pnorm.training, "atomic_torch_save", real_save)
 
     step_log.clear()
     resumed = train(_fresh(), splits, CFG, trigger, checkpoint=path, progress=False)
@@ -122,7 +128,7 @@ def test_a_finished_checkpoint_trains_nothing_more(data, reference, tmp_path, st
 def test_same_seed_same_result_other_seed_other_result(data, reference):
     splits, trigger = data
     ref_result, _ = reference
-    one = replace(CFG, epochs=1)
+    one = _with(CFG, epochs=1)
     a = train(_fresh(), splits, one, trigger, progress=False)  # and without a checkpoint
     b = train(_fresh(), splits, one, trigger, progress=False)
     assert _same_weights(a.model, b.model)
@@ -143,7 +149,7 @@ def test_a_corrupt_checkpoint_is_moved_aside_and_training_starts_afresh(
     path = tmp_path / "checkpoint.pt"
     bad = b"\x00garbage\xff" * 50 if damage == "garbage" else ref_path.read_bytes()[:3000]
     path.write_bytes(bad)
-    one = replace(CFG, epochs=1)
+    one = _with(CFG, epochs=1)
     with pytest.warns(UserWarning, match="unreadable"):
         result = train(_fresh(), splits, one, trigger, checkpoint=path, progress=False)
     aside = tmp_path / "checkpoint.pt.corrupt"
@@ -151,7 +157,7 @@ def test_a_corrupt_checkpoint_is_moved_aside_and_training_starts_afresh(
     assert len(step_log) == 2  # the epoch was trained from scratch ...
     assert _without_time(result.history) == _without_time(ref_result.history[:1])  # ... exactly
     ckpt = torch.load(path, weights_only=True)  # and the checkpoint is sound again
-    assert ckpt["epoch"] == 0 and ckpt["config"]["epochs"] == 1
+    assert ckpt["epoch"] == 0 and ckpt["config"]["recipe"]["epochs"] == 1
 
 
 def test_a_checkpoint_of_another_config_is_refused(data, reference, tmp_path):
@@ -160,7 +166,7 @@ def test_a_checkpoint_of_another_config_is_refused(data, reference, tmp_path):
     path = tmp_path / "checkpoint.pt"
     shutil.copy(ref_path, path)
     with pytest.raises(ValueError, match="another training configuration"):
-        train(_fresh(), splits, replace(CFG, lr=0.05), trigger, checkpoint=path, progress=False)
+        train(_fresh(), splits, _with(CFG, lr=0.05), trigger, checkpoint=path, progress=False)
     assert path.read_bytes() == ref_path.read_bytes()  # left alone, not overwritten
 
 
@@ -169,7 +175,8 @@ def test_checkpoint_loads_with_weights_only(reference):
     ckpt = torch.load(path, weights_only=True)
     assert set(ckpt) >= {"epoch", "model", "optimizer", "history", "best", "config"}
     assert ckpt["epoch"] == 2
-    assert ckpt["config"]["lr"] == CFG.lr and ckpt["config"]["milestones"] == [2]
+    recipe = ckpt["config"]["recipe"]
+    assert recipe["lr"] == CFG.recipe.lr and recipe["milestones"] == [2 / 3]
     assert _without_time(ckpt["history"]) == _without_time(result.history)
     state = result.model.state_dict()
     assert all(torch.equal(ckpt["model"][k], v) for k, v in state.items())
@@ -178,7 +185,7 @@ def test_checkpoint_loads_with_weights_only(reference):
 
 def test_alternating_schedule_trains_branch1_every_other_step():
     model = _fresh()
-    cfg = TrainConfig(lr=0.01, schedule="alternating", alternate_every=2)
+    cfg = TrainConfig(schedule="alternating", alternate_every=2)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     g = _gen(0)
     for step in range(4):
@@ -191,7 +198,7 @@ def test_alternating_schedule_trains_branch1_every_other_step():
         else:
             assert losses["loss1"] > 0 and losses["sign"] > 0
             assert model.conv2.mlp[0].weight.grad.abs().sum() > 0
-    summed = TrainConfig(lr=0.01)
+    summed = TrainConfig()
     for step in range(2):
         x, y = torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g)
         assert training_step(model, x, y, opt, summed, step=step)["loss1"] > 0
@@ -205,7 +212,7 @@ def test_a_plain_model_trains_with_branch0_only(data):
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     losses = training_step(model, x, y, opt, TrainConfig(), step=1)
     assert losses["loss0"] > 0 and losses["loss1"] == 0 and losses["sign"] == 0
-    result = train(model, splits, replace(CFG, epochs=1), trigger, progress=False)
+    result = train(model, splits, _with(CFG, epochs=1), trigger, progress=False)
     rec = result.history[0]
     assert rec["loss1"] == 0 and rec["sign"] == 0 and rec["val_acc1"] is None
     assert "detection" not in rec
@@ -214,7 +221,7 @@ def test_a_plain_model_trains_with_branch0_only(data):
 
 def test_select_val_keeps_the_best_validation_epoch(data):
     splits, trigger = data
-    cfg = replace(CFG, epochs=3, milestones=(), select="val")
+    cfg = replace(_with(CFG, epochs=3, milestones=()), select="val")
     result = train(_fresh(), splits, cfg, trigger, progress=False)
     scores = [(r["val_acc0"] + r["val_acc1"]) / 2 for r in result.history]
     best = max(scores)
@@ -222,14 +229,15 @@ def test_select_val_keeps_the_best_validation_epoch(data):
     assert result.selected_epoch == max(i for i, s in enumerate(scores) if s == best)  # ties: later
     assert all("test_acc0" not in r for r in result.history)  # the test split is not looked at
     # The returned weights are those of the selected epoch: an identical run stopped there.
-    stopped = train(_fresh(), splits, replace(cfg, epochs=result.selected_epoch + 1,
-                                                select="last"), trigger, progress=False)
+    stopped = train(_fresh(), splits, replace(_with(cfg, epochs=result.selected_epoch + 1),
+                                              select="last"), trigger, progress=False)
     assert _same_weights(result.model, stopped.model)
 
 
 def test_select_test_is_the_faithful_preset(data):
     splits, trigger = data
-    cfg = config_for("faithful", epochs=1, batch_size=32, eval_batch_size=64)
+    cfg = config_for("faithful", recipe=Recipe(epochs=1, batch_size=32, milestones=()),
+                     eval_batch_size=64)
     assert cfg.select == "test"
     rec = train(_fresh(), splits, cfg, trigger, progress=False).history[0]
     assert 0 <= rec["test_acc0"] <= 1 and 0 <= rec["test_acc1"] <= 1
@@ -238,9 +246,13 @@ def test_select_test_is_the_faithful_preset(data):
 def test_config_for_presets_and_overrides():
     with pytest.raises(ValueError, match="unknown preset 'nope'"):
         config_for("nope")
-    clean = config_for("clean", epochs=2, lr=0.5)
-    assert clean.select == "val" and clean.epochs == 2 and clean.lr == 0.5
-    assert asdict(config_for("faithful")) == asdict(replace(TrainConfig(), **PRESETS["faithful"]))
+    clean = config_for("clean", recipe=Recipe(epochs=2, lr=0.5))
+    assert clean.select == "val" and clean.recipe.epochs == 2 and clean.recipe.lr == 0.5
+    assert clean.amp is None  # automatic: autocast allowed on CUDA
+    faithful = config_for("faithful")
+    assert faithful.select == "test" and faithful.amp == "off"
+    assert amp_dtype(faithful, "cuda") is None  # float32 everywhere, as the original
+    assert replace(faithful, select="last", amp=None) == TrainConfig()  # nothing else changes
     with pytest.raises(TypeError):
         config_for("clean", no_such_option=1)
 

@@ -6,11 +6,14 @@ import json
 import pytest
 import torch
 
-from pnorm.data import abstract_trigger_set
-from pnorm.models import AlexNetCIFAR, export_public, passport_layers
+from pnorm.alexnet import AlexNetCIFAR
+from pnorm.fileio import state_sha256
+from pnorm.models import export_public
 from pnorm.passport import bits_to_text, key_model
-from pnorm.train import TrainConfig, training_step
-from pnorm.vault import Vault, VaultError, state_sha256
+from pnorm.synthetic_images import abstract_trigger_set
+from pnorm.training import TrainConfig, training_step
+from pnorm.units import passport_layers
+from pnorm.vault import Vault, VaultError
 from pnorm.verify import signature_detection
 
 MESSAGE = "Ω owner ✓"

@@ -7,9 +7,11 @@ from fractions import Fraction
 import pytest
 import torch
 
-from pnorm.data import ImageData
-from pnorm.models import AlexNetCIFAR, export_public, passport_layers
+from pnorm.alexnet import AlexNetCIFAR
+from pnorm.images import ImageData
+from pnorm.models import export_public
 from pnorm.passport import key_model, random_passports
+from pnorm.units import passport_layers
 from pnorm.vault import Vault
 from pnorm.verify import (
     OwnershipReport,

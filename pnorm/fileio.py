@@ -6,10 +6,12 @@ Everything ``pnorm`` writes (checkpoints, cached models, vaults, result records)
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import shutil
 import tempfile
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -53,6 +55,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -63,6 +66,19 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _remove_stale_temps(path: Path, older_than_s: float = 600.0) -> None:
+    """Delete temp files of earlier writes of ``path`` that a killed process left behind.
+
+    Only files untouched for ``older_than_s`` seconds go, so a live writer keeps its own.
+    """
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            if time.time() - tmp.stat().st_mtime > older_than_s:
+                tmp.unlink()
+        except FileNotFoundError:  # another process removed it first
+            pass
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:

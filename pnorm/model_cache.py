@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from .batches import Data, raw_inputs
-from .fileio import atomic_torch_save, source_fingerprint, tensor_digest
+from .fileio import atomic_torch_save, atomic_write, source_fingerprint, state_sha256, tensor_digest
 from .images import ImageSplits
 from .models import build_model, export_public
-from .passport import key_model
+from .passport import key_model, secret_generator
 from .points import PointSplits
 from .profiles import Profile, cache_dir
 from .recipes import get_preset
@@ -78,6 +78,7 @@ def train_or_load(
     message: str | None = None,
     progress: bool = True,
     arch: str = "alexnet",
+    key_seed: int | None = None,
     **overrides: Any,
 ) -> Trained:
     """Return the ``arch`` model of ``scheme`` trained on ``splits`` with the profile's recipe.
@@ -85,7 +86,9 @@ def train_or_load(
     ``arch`` is "alexnet" (images, the profile's main recipe) or "pointnet" (point clouds,
     ``profile.points``). Trained once, then loaded from ``<PNORM_CACHE>/models``.
     ``overrides`` go to the ``TrainConfig`` (e.g. ``schedule="alternating"``) and are part of
-    the key.
+    the key. The passports come from ``key_seed`` when given (a public teaching seed, so
+    anyone can regenerate them) and otherwise from the OS's cryptographic randomness; either
+    way the cache entry keeps them, so they are secrets (book/reproduce.md lists the files).
     """
     model_config = _model_config(arch, scheme, profile, splits.num_classes, preset)
     train_config = _train_config(arch, profile, preset, seed, **overrides)
@@ -95,8 +98,10 @@ def train_or_load(
         data_parts += [raw_inputs(trigger), trigger.labels]
     record = {
         "model": model_config, "train": asdict(train_config), "preset": preset, "seed": seed,
-        "message": message, "data": splits.source, "data_digest": tensor_digest(*data_parts)[:16],
-        "mean": _listed(splits.mean), "std": _listed(splits.std), "source": source_fingerprint(),
+        "message": message, "key_seed": None if scheme == "plain" else key_seed,
+        "data": splits.source,
+        "data_digest": tensor_digest(*data_parts)[:16], "mean": _listed(splits.mean),
+        "std": _listed(splits.std), "source": source_fingerprint(),
     }
     key = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_dir() / "models" / f"{arch}-{scheme}-{key}"
@@ -105,8 +110,10 @@ def train_or_load(
         return loaded
 
     model = build_model(model_config, seed=seed)
+    seeds = {"model": seed}
     if scheme != "plain":
-        key_model(model, torch.Generator().manual_seed(seed + 1), message)
+        seeds["passports"] = _key_seed(folder, key_seed)
+        key_model(model, torch.Generator().manual_seed(seeds["passports"]), message)
     result = train(model, splits, train_config, trigger, profile.device,
                    checkpoint=folder / "checkpoint.pt", progress=progress,
                    desc=f"{arch} {scheme} ({profile.name})")
@@ -117,13 +124,14 @@ def train_or_load(
         vault = Vault.from_model(
             model, None if trigger is None else raw_inputs(trigger),
             None if trigger is None else trigger.labels,
-            seeds={"model": seed, "passports": seed + 1}, message=message, public_model=public,
+            seeds=seeds, message=message, public_model=public,
             data_stats={} if splits.mean is None
             else {"mean": list(splits.mean), "std": list(splits.std)},
         )
         vault.save(folder / "vault.pt")
+    state = model.state_dict()
     atomic_torch_save(
-        {"model_state": model.state_dict(), "history": result.history,
+        {"model_state": state, "sha256": state_sha256(state), "history": result.history,
          "selected_epoch": result.selected_epoch, "key": key},
         folder / "final.pt",
     )
@@ -134,23 +142,60 @@ def _listed(values) -> list[float] | None:
     return None if values is None else list(values)
 
 
+def _key_seed(folder: Path, key_seed: int | None) -> int:
+    """The passports' seed: the teaching seed, or a secret one drawn once per cache entry.
+
+    A secret seed is written to ``key-seed.json`` before training starts, so a resumed run
+    re-keys the model with the same passports as its checkpoint.
+    """
+    if key_seed is not None:
+        return int(key_seed)
+    path = folder / "key-seed.json"
+    if path.is_file():
+        return int(json.loads(path.read_text())["key_seed"])
+    _, seed = secret_generator()
+    atomic_write(path, lambda f: f.write(json.dumps({"key_seed": seed}).encode()))
+    return seed
+
+
 def _load(folder: Path, key: str, record: dict) -> Trained | None:
+    """The cached entry in ``folder`` if it is intact and made for ``key``; else None.
+
+    Every file is checked before use (the model's SHA-256, the release against the vault's
+    record of it); a damaged entry is moved aside, never deleted, and rebuilt.
+    """
     final = folder / "final.pt"
     if not final.exists():
         return None
     try:
         saved = torch.load(final, map_location="cpu", weights_only=True)
         if saved.get("key") != key:
-            raise ValueError("key mismatch")
+            raise ValueError("made for another configuration (key mismatch)")
+        if state_sha256(saved["model_state"]) != saved.get("sha256"):
+            raise ValueError("final.pt failed its SHA-256 corruption check")
         model = build_model(record["model"], seed=record["seed"])
         model.load_state_dict(saved["model_state"])  # passports and signature included
-        vault = None if record["model"]["scheme"] == "plain" else Vault.load(folder / "vault.pt")
+        public = export_public(model.eval())
+        vault = None
+        if record["model"]["scheme"] != "plain":
+            vault = Vault.load(folder / "vault.pt")
+            if vault.public_sha256 != state_sha256(public):
+                raise ValueError("the vault records another release than final.pt gives")
     except Exception as e:  # corrupt or partial entry: rebuild it, never trust it
-        warnings.warn(f"cache entry {folder} is unreadable ({e}); rebuilding it from its "
-                      "epoch checkpoint", stacklevel=3)
-        for name in ("final.pt", "vault.pt"):
-            (folder / name).unlink(missing_ok=True)
+        moved = [_move_aside(folder / name) for name in ("final.pt", "vault.pt")]
+        warnings.warn(f"cache entry {folder} is unusable ({e}); moved "
+                      f"{[str(m) for m in moved if m]} aside and rebuilding it from its epoch "
+                      "checkpoint", stacklevel=3)
         return None
-    model.eval()
-    return Trained(model, export_public(model), vault, saved["history"],
-                   saved["selected_epoch"], key, record)
+    return Trained(model, public, vault, saved["history"], saved["selected_epoch"], key, record)
+
+
+def _move_aside(path: Path) -> Path | None:
+    """Rename ``path`` to ``<name>.unusable-<n>`` (the first free n); None if it is missing."""
+    if not path.exists():
+        return None
+    n = 0
+    while (aside := path.with_name(f"{path.name}.unusable-{n}")).exists():
+        n += 1
+    path.rename(aside)
+    return aside

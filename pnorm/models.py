@@ -43,14 +43,18 @@ def export_public(model: nn.Module) -> nn.Module:
     """The deployable network: every passport layer folded to conv -> affine norm -> act.
 
     The result holds no passport, signature, MLP or branch-1 normaliser
-    (book/method.md#method-vault); in
-    eval mode its outputs equal branch 0 of ``model``.
+    (book/method.md#method-vault); in eval mode its outputs equal branch 0 of ``model``. Its
+    BatchNorm counters are zeroed: layers both branches share count two updates a step, which
+    would show that PAN was used and where the passports start.
     """
     public = copy.deepcopy(model)
     private = [(n, m) for n, m in public.named_modules()
                if isinstance(m, (PassportAwareNorm, BranchNormUnit))]
     for name, layer in private:
         replace_module(public, name, layer.to_public())
+    for module in public.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            module.num_batches_tracked.zero_()
     if hasattr(public, "config"):
         public.config = {**public.config, "scheme": "plain", "passport_layers": []}
     return public

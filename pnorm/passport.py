@@ -1,11 +1,14 @@
 """Signatures (bits ⇄ text), passports (random or from images) and the owner's keying step.
 
-All randomness comes from a ``torch.Generator`` the caller owns, unlike the original code whose
-passports were fixed by ``np.random.seed(0)`` at import (book/method.md#method-quirks).
+By default the owner's keys come from the operating system's cryptographic randomness, so
+nobody can regenerate them from the code; a ``torch.Generator`` the caller seeds is for
+reproducible teaching only (the original fixed them with ``np.random.seed(0)`` at import,
+book/method.md#method-quirks).
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 
 import torch
@@ -17,6 +20,7 @@ __all__ = [
     "bits_to_text",
     "capacity",
     "key_model",
+    "secret_generator",
     "make_signature",
     "passports_from_images",
     "random_passports",
@@ -118,18 +122,31 @@ def _select_passport(candidates: torch.Tensor, generator: torch.Generator) -> to
     return torch.stack(channels).unsqueeze(0)
 
 
+def secret_generator() -> tuple[torch.Generator, int]:
+    """A generator seeded with 63 bits from the OS's cryptographic randomness, and its seed.
+
+    The seed is a secret: keep it only where the passports are kept (the vault).
+    """
+    seed = secrets.randbits(63)
+    return torch.Generator().manual_seed(seed), seed
+
+
 @torch.no_grad()
 def key_model(
     model: nn.Module,
-    generator: torch.Generator,
+    generator: torch.Generator | None = None,
     message: str | None = None,
     passports: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> torch.Tensor:
     """Give every passport layer its passports and signature bits; returns the full signature.
 
     Random U(-1, 1) passports are drawn per layer in forward order (gamma, then beta) unless
-    ``passports`` maps a layer name to ``(P_gamma, P_beta)``.
+    ``passports`` maps a layer name to ``(P_gamma, P_beta)``. Without ``generator`` the keys
+    come from the OS's cryptographic randomness (``secret_generator``); a seeded generator
+    makes them reproducible, and so guessable: for teaching, not for a real owner.
     """
+    if generator is None:
+        generator, _ = secret_generator()
     layers = passport_layers(model)
     if not layers:
         raise ValueError("the model has no passport layers to key")

@@ -2,13 +2,15 @@
 
 The released model is a stock network (``export_public``); the vault holds per passport layer
 the passports, signature bits, MLP and branch-1 statistics, plus the trigger set, seeds and a
-hash of the released weights (book/method.md#method-vault). It is saved without pickle and
-checksummed.
+hash of the released weights (book/method.md#method-vault). It is saved without pickle, with
+a SHA-256 corruption check and, when the owner gives a secret key, an HMAC tamper check.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import hmac
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +30,7 @@ _VERSION = 1
 
 
 class VaultError(ValueError):
-    """A vault file that is missing, truncated, tampered with, or does not fit a model."""
+    """A vault file that is missing, damaged, malformed, edited, or does not fit a model."""
 
 
 _LAYER_KEYS = ("passport_gamma", "passport_beta", "signature")
@@ -204,23 +206,30 @@ class Vault:
         }
         return meta, tensors
 
-    def save(self, path: str | Path) -> Path:
-        """Write the vault atomically, with a SHA-256 over its metadata and tensors."""
+    def save(self, path: str | Path, key: bytes | None = None) -> Path:
+        """Write the vault atomically, with a corruption check and, given ``key``, a tamper check.
+
+        The SHA-256 over the contents catches damage (truncation, flipped bits) but not a
+        deliberate edit: anyone can recompute it. With the owner's secret ``key`` the file also
+        carries an HMAC-SHA-256 that only the key's holder can make; ``load(path, key)`` checks it.
+        """
         meta, tensors = self._flat()
         meta_json = json.dumps(meta, sort_keys=True)
-        payload = {
-            "format": _FORMAT,
-            "version": _VERSION,
-            "meta": meta_json,
-            "tensors": tensors,
-            "sha256": tensors_sha256(meta_json, tensors),
-        }
+        digest = tensors_sha256(meta_json, tensors)
+        payload = {"format": _FORMAT, "version": _VERSION, "meta": meta_json, "tensors": tensors,
+                   "sha256": digest}
+        if key is not None:
+            payload["hmac_sha256"] = _hmac(key, digest)
         atomic_torch_save(payload, path)
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | Path) -> Vault:
-        """Read a vault without executing code; truncated or modified files raise VaultError."""
+    def load(cls, path: str | Path, key: bytes | None = None) -> Vault:
+        """Read a vault without executing code; a damaged or malformed file raises VaultError.
+
+        With ``key`` the file must carry a matching HMAC (``save(path, key)``): an edit by
+        anyone without the key is then detected, not only accidental damage.
+        """
         path = Path(path)
         if not path.is_file():
             raise VaultError(f"no vault file at {path}")
@@ -236,36 +245,79 @@ class Vault:
         if payload.get("version") != _VERSION:
             raise VaultError(f"{path} has vault version {payload.get('version')}, expected 1")
         meta_json, tensors = payload.get("meta"), payload.get("tensors")
-        if not (
-            isinstance(meta_json, str)
-            and isinstance(tensors, dict)
-            and all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                    for k, v in tensors.items())
-        ):
-            raise VaultError(f"{path} failed its SHA-256 check: its contents are malformed")
-        if tensors_sha256(meta_json, tensors) != payload.get("sha256"):
-            raise VaultError(
-                f"{path} failed its SHA-256 check: the file was modified after it was saved"
-            )
-        meta = json.loads(meta_json)
+        if not (isinstance(meta_json, str) and isinstance(tensors, dict)
+                and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                        for k, v in tensors.items())):
+            raise VaultError(f"{path} is malformed: 'meta' must be JSON text and 'tensors' a "
+                             "dict of named tensors")
+        digest = tensors_sha256(meta_json, tensors)
+        if digest != payload.get("sha256"):
+            raise VaultError(f"{path} failed its corruption check (SHA-256): the file was "
+                             "damaged or changed after it was saved")
+        if key is not None and not hmac.compare_digest(
+                str(payload.get("hmac_sha256", "")), _hmac(key, digest)):
+            raise VaultError(f"{path} failed its tamper check (HMAC-SHA-256): it was changed by "
+                             "someone without the key, or saved with another key or none")
+        try:
+            meta = json.loads(meta_json)
+        except json.JSONDecodeError as e:
+            raise VaultError(f"{path}: field 'meta' is not valid JSON ({e})") from e
+        return cls._from_stored(path, meta, tensors)
+
+    @classmethod
+    def _from_stored(cls, path: Path, meta: Any, tensors: dict[str, torch.Tensor]) -> Vault:
+        """Build a vault from its stored fields, refusing (and naming) any that does not fit."""
+        def need(ok: bool, field_name: str, what: str) -> None:
+            if not ok:
+                raise VaultError(f"{path}: field {field_name!r} {what}")
+
+        need(isinstance(meta, dict), "meta", "must be a JSON object")
+        for name, kind in (("arch", dict), ("layer_config", dict), ("layer_order", list),
+                           ("seeds", dict), ("data_stats", dict)):
+            need(isinstance(meta.get(name), kind), name, f"is missing or not a {kind.__name__}")
+        need(meta.get("message") is None or isinstance(meta["message"], str), "message",
+             "must be text or null")
+        need(bool(meta["layer_order"]), "layer_order", "lists no passport layer")
         layers = {}
         for lname in meta["layer_order"]:
-            layers[lname] = {
-                "tensors": _sub(tensors, f"layers/{lname}/"),
-                "config": meta["layer_config"][lname],
-            }
+            own = _sub(tensors, f"layers/{lname}/")
+            config = meta["layer_config"].get(lname)
+            need(isinstance(config, dict) and "passport_shape" in config,
+                 f"layer_config/{lname}", "is missing or lacks passport_shape")
+            for k in _LAYER_KEYS:
+                need(k in own, f"layers/{lname}/{k}", "is missing")
+                need(own[k].is_floating_point() and bool(torch.isfinite(own[k]).all()),
+                     f"layers/{lname}/{k}", "must hold finite numbers")
+            for k in ("passport_gamma", "passport_beta"):
+                need(list(own[k].shape) == list(config["passport_shape"]), f"layers/{lname}/{k}",
+                     f"has shape {list(own[k].shape)}, not {config['passport_shape']}")
+            need(bool((own["signature"].abs() == 1).all()), f"layers/{lname}/signature",
+                 "must hold ±1 bits")
+            layers[lname] = {"tensors": own, "config": config}
+        images, labels = tensors.get("trigger/images"), tensors.get("trigger/labels")
+        need((images is None) == (labels is None), "trigger", "needs both images and labels")
+        need(images is None or len(images) == len(labels), "trigger/labels",
+             "must have one label per trigger image")
         return cls(
             arch=meta["arch"],
             layers=layers,
-            trigger_images=tensors.get("trigger/images"),
-            trigger_labels=tensors.get("trigger/labels"),
+            trigger_images=images,
+            trigger_labels=labels,
             seeds=meta["seeds"],
             message=meta["message"],
-            public_sha256=meta["public_sha256"],
+            public_sha256=meta.get("public_sha256"),
             data_stats=meta["data_stats"],
             branch_norms={u: _sub(tensors, f"branch_norms/{u}/")
                           for u in meta.get("branch_norm_order", [])},
         )
+
+
+def _hmac(key: bytes, digest: str) -> str:
+    """HMAC-SHA-256 of a vault's content digest under the owner's secret ``key``."""
+    if not isinstance(key, bytes) or len(key) < 16:
+        raise VaultError("the vault key must be at least 16 secret bytes, e.g. "
+                         "secrets.token_bytes(32)")
+    return hmac.new(key, digest.encode(), hashlib.sha256).hexdigest()
 
 
 @torch.no_grad()

@@ -45,7 +45,8 @@ def cached(data, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PNORM_CACHE", str(cache))
         mp.setattr(pnorm.model_cache, "source_fingerprint", lambda: FINGERPRINT)
-        trained = train_or_load("pan", PROFILE, splits, trigger, message="owner", progress=False)
+        trained = train_or_load("pan", PROFILE, splits, trigger, message="owner", key_seed=1,
+                            progress=False)
     return cache, trained
 
 
@@ -116,7 +117,8 @@ def test_first_call_trains_and_writes_the_entry(cached):
 def test_second_call_loads_without_training(data, cached, use_cache, no_training):
     splits, trigger = data
     first = cached[1]
-    again = train_or_load("pan", PROFILE, splits, trigger, message="owner", progress=False)
+    again = train_or_load("pan", PROFILE, splits, trigger, message="owner", key_seed=1,
+                            progress=False)
     assert no_training == []
     assert again.key == first.key and again.record == first.record
     assert _same_state(again.model.state_dict(), first.model.state_dict())
@@ -164,7 +166,7 @@ def test_the_key_covers_config_seed_message_data_and_source(
     else:
         kwargs.update(change)
     with pytest.raises(_TrainCalled):  # a new key: not served from the cache, trained anew
-        train_or_load("pan", profile, splits, trigger, progress=False, **kwargs)
+        train_or_load("pan", profile, splits, trigger, key_seed=1, progress=False, **kwargs)
     assert len(no_training) == 1 and no_training[0] != cached[1].key
 
 
@@ -175,7 +177,8 @@ def test_a_changed_fingerprint_retrains_for_real(data, cached, use_cache, monkey
     real = pnorm.model_cache.train
     monkeypatch.setattr(pnorm.model_cache, "train",
                         lambda *a, **k: calls.append(1) or real(*a, **k))
-    fresh = train_or_load("pan", PROFILE, splits, trigger, message="owner", progress=False)
+    fresh = train_or_load("pan", PROFILE, splits, trigger, message="owner", key_seed=1,
+                            progress=False)
     assert calls == [1] and fresh.key != cached[1].key
     assert _folder(use_cache, fresh).is_dir() and _folder(use_cache, cached[1]).is_dir()
     # Same code, same data: the retrained weights equal the old ones (training is seeded).
@@ -211,16 +214,19 @@ def test_a_corrupt_entry_is_rebuilt_from_its_complete_checkpoint(
     first = cached[1]
     folder = _folder(use_cache, first)
     (folder / damaged).write_bytes(b"\x00not a torch file\xff" * 20)
-    with pytest.warns(UserWarning, match="unreadable"):
-        rebuilt = train_or_load("pan", PROFILE, splits, trigger, message="owner", progress=False)
+    with pytest.warns(UserWarning, match="unusable"):
+        rebuilt = train_or_load("pan", PROFILE, splits, trigger, message="owner", key_seed=1,
+                            progress=False)
     assert step_log == []  # the epoch checkpoint was complete: nothing trained again
+    assert (folder / f"{damaged}.unusable-0").is_file()  # moved aside, never deleted
     assert rebuilt.key == first.key
     assert _same_state(rebuilt.model.state_dict(), first.model.state_dict())
     assert rebuilt.history == first.history and rebuilt.selected_epoch == first.selected_epoch
     assert _same_vault(rebuilt.vault, first.vault)
     # The entry is sound again and loads silently.
     assert torch.load(folder / "final.pt", weights_only=True)["key"] == first.key
-    again = train_or_load("pan", PROFILE, splits, trigger, message="owner", progress=False)
+    again = train_or_load("pan", PROFILE, splits, trigger, message="owner", key_seed=1,
+                            progress=False)
     assert _same_state(again.model.state_dict(), first.model.state_dict())
     assert step_log == []
 

@@ -182,7 +182,7 @@ def test_truncated_file_is_a_vault_error(vault_file, tmp_path):
             Vault.load(path)
 
 
-_TAMPER_MESSAGES = r"could not be read|failed its SHA-256 check"
+_TAMPER_MESSAGES = r"could not be read|failed its corruption check"
 
 
 def test_one_flipped_byte_in_the_middle_is_detected(vault_file, tmp_path):

@@ -87,6 +87,8 @@ def train_or_load(
     ``overrides`` go to the ``TrainConfig`` (e.g. ``schedule="alternating"``) and are part of
     the key.
     """
+    if message is not None and not isinstance(message, str):
+        raise TypeError(f"a signature message must be a str, got {type(message).__name__}")
     model_config = _model_config(arch, scheme, profile, splits.num_classes, preset)
     train_config = _train_config(arch, profile, preset, seed, **overrides)
     data_parts = [raw_inputs(splits.train), splits.train.labels, raw_inputs(splits.val),

@@ -32,7 +32,7 @@ from .recipes import PRESETS, Recipe
 from .resnet import ResNet18CIFAR
 from .synthetic_images import abstract_trigger_set, synthetic_splits
 from .synthetic_points import point_trigger_set, synthetic_point_splits
-from .training import TrainConfig, TrainResult, config_for, train
+from .training import TrainConfig, TrainingDivergedError, TrainResult, config_for, train
 from .units import passport_layers
 from .vault import Vault, VaultError
 from .verify import OwnershipReport, Thresholds, evaluate, signature_detection, verify_ownership
@@ -58,6 +58,7 @@ __all__ = [
     "Thresholds",
     "TrainConfig",
     "TrainResult",
+    "TrainingDivergedError",
     "Trained",
     "Vault",
     "VaultError",

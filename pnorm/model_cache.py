@@ -90,6 +90,8 @@ def train_or_load(
     anyone can regenerate them) and otherwise from the OS's cryptographic randomness; either
     way the cache entry keeps them, so they are secrets (book/reproduce.md lists the files).
     """
+    if message is not None and not isinstance(message, str):
+        raise TypeError(f"a signature message must be a str, got {type(message).__name__}")
     model_config = _model_config(arch, scheme, profile, splits.num_classes, preset)
     train_config = _train_config(arch, profile, preset, seed, **overrides)
     data_parts = [raw_inputs(splits.train), splits.train.labels, raw_inputs(splits.val),

@@ -28,8 +28,18 @@ __all__ = [
 ]
 
 
+def _check_message(message: object) -> None:
+    """A signature message is text: refuse bytes and anything else with a clear TypeError."""
+    if not isinstance(message, str):
+        hint = " (decode it first, e.g. message.decode('utf-8'))" \
+            if isinstance(message, bytes | bytearray) else ""
+        raise TypeError(f"a signature message must be a str, got {type(message).__name__} "
+                        f"{message!r:.60}{hint}")
+
+
 def text_to_bits(text: str) -> torch.Tensor:
     """UTF-8 bytes of ``text`` as ±1 bits, most significant bit first (+1 = bit 1)."""
+    _check_message(text)
     data = text.encode("utf-8")
     bits = [(byte >> (7 - i)) & 1 for byte in data for i in range(8)]
     return torch.tensor(bits, dtype=torch.float32) * 2 - 1
@@ -57,6 +67,8 @@ def make_signature(
 
     A message longer than the capacity is an error that states the capacity.
     """
+    if message is not None:
+        _check_message(message)
     bits = torch.randint(0, 2, (n_bits,), generator=generator).float() * 2 - 1
     if message:
         msg = text_to_bits(message)

@@ -70,12 +70,16 @@ class PointData:
     name: str = ""
 
     def __post_init__(self) -> None:
-        p = self.points
+        p, what = self.points, f"PointData {self.name!r}" if self.name else "PointData"
         if p.dtype != torch.float32 or p.dim() != 3 or p.shape[1] != 3:
-            raise ValueError(f"{self.name}: points must be float32 N×3×P, "
+            raise ValueError(f"{what}: points must be float32 N×3×P, "
                              f"got {p.dtype} {tuple(p.shape)}")
         if self.labels.dtype != torch.int64 or self.labels.shape != p.shape[:1]:
-            raise ValueError(f"{self.name}: labels must be int64 of length {len(p)}")
+            raise ValueError(f"{what}: labels must be int64 of length {len(p)}")
+        if not torch.isfinite(p).all():
+            bad = (~torch.isfinite(p)).flatten(1).any(1).nonzero().flatten().tolist()
+            raise ValueError(f"{what}: points hold NaN or infinite values (clouds {bad[:5]}"
+                             f"{' …' if len(bad) > 5 else ''}); drop or repair those clouds")
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -141,6 +145,7 @@ def augment_points(points: torch.Tensor, generator: torch.Generator,
 
 # ------------------------------------------------------------------ ModelNet40
 
+_MAX_COORD = 1e6  # a larger coordinate in a ModelNet40 file is corruption, not a shape
 _LISTS = ("modelnet40_shape_names.txt", "modelnet40_train.txt", "modelnet40_test.txt")
 
 
@@ -171,6 +176,12 @@ def _read_cloud(path: Path, max_rows: int | None) -> torch.Tensor:
                                 f"({err}); the copy is corrupt") from err
     if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] < 3:
         raise DataNotFoundError(f"{path} holds no x,y,z rows; the copy is corrupt")
+    bad = ~np.isfinite(arr).all(1) | (np.abs(arr[:, :3]) > _MAX_COORD).any(1)
+    if bad.any():
+        row = int(bad.argmax())
+        raise DataNotFoundError(f"{path} is corrupt: row {row + 1} reads {arr[row].tolist()} (NaN, "
+                                f"infinite or beyond ±{_MAX_COORD:g}); replace the file from a "
+                                f"good copy of ModelNet40")
     return torch.from_numpy(np.ascontiguousarray(arr[:, :3]))
 
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -189,17 +190,38 @@ def get_profile(name: str | None = None) -> Profile:
             f"profile {name!r} expects a CUDA GPU but none is available; "
             "set PNORM_DEVICE=cpu to run it on the CPU anyway (slow), or use PNORM_PROFILE=cpu"
         )
-    try:
-        torch.empty(0, device=profile.device)
-    except (RuntimeError, AssertionError) as e:
-        raise RuntimeError(f"device {profile.device!r} (PNORM_DEVICE) is not usable: {e}") from e
+    _check_device(profile.device)
     return profile
 
 
+def _check_device(device: str) -> None:
+    """Compute on ``device`` and read the result back, so an unusable device fails at start-up."""
+    try:  # a real kernel and a copy to the CPU: "meta" or a missing GPU index fail here
+        result = (torch.ones(2, device=device) * 2).sum().item()
+    except Exception as e:  # RuntimeError, AssertionError (no CUDA build), NotImplementedError
+        result = f"{type(e).__name__}: {e}"
+    if result != 4.0:
+        raise RuntimeError(f"device {device!r} (PNORM_DEVICE) is not usable: computing 2+2 on it "
+                           f"gave {result!r}; set PNORM_DEVICE to a working device such as "
+                           f"'cpu' or 'cuda:0'")
+
+
 def cache_dir() -> Path:
-    """Folder for downloads and trained models: ``PNORM_CACHE`` or ``~/.cache/pnorm``."""
+    """Folder for downloads and trained models: ``PNORM_CACHE`` or ``~/.cache/pnorm``.
+
+    The folder is created and a small temp file written to it (and removed), so a cache that
+    cannot be written fails here, at start-up, not when the first trained model is saved.
+    """
     path = Path(os.environ.get("PNORM_CACHE") or Path.home() / ".cache" / "pnorm").expanduser()
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".pnorm-write-test-") as f:
+            f.write(b"pnorm")
+            f.flush()
+    except OSError as e:
+        kind = PermissionError if isinstance(e, PermissionError) else OSError
+        raise kind(f"the pnorm cache folder {path} is not writable ({e}); set PNORM_CACHE to a "
+                   f"folder you can write to, or fix that folder's permissions") from e
     return path
 
 

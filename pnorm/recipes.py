@@ -47,9 +47,14 @@ class Recipe:
                                  f"got {getattr(self, name)!r}")
         if self.epochs < 0:
             raise ValueError(f"Recipe.epochs must be >= 0, got {self.epochs}")
-        for name in ("batch_size", "lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"Recipe.{name} must be positive, got {getattr(self, name)}")
+        if not self.batch_size > 0:
+            raise ValueError(f"Recipe.batch_size must be positive, got {self.batch_size}")
+        for name, strict in (("lr", True), ("lr_gamma", True), ("momentum", False),
+                             ("weight_decay", False)):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and (value > 0 if strict else value >= 0)):
+                raise ValueError(f"Recipe.{name} must be a finite number "
+                                 f"{'>' if strict else '>='} 0, got {value}")
         if any(not 0.0 < m < 1.0 for m in self.milestones):
             raise ValueError(f"Recipe.milestones are fractions of the epochs in (0, 1), got "
                              f"{self.milestones}; e.g. (0.5, 0.75) decays at half and three "

@@ -60,7 +60,9 @@ def test_cosine_schedule_is_what_torch_cosine_annealing_sets(epochs):
 @pytest.mark.parametrize("field,value", [
     ("optimizer", "rmsprop"), ("lr_schedule", "linear"), ("epochs", -1), ("batch_size", 0),
     ("lr", 0.0), ("lr", -0.1), ("milestones", (0.0,)), ("milestones", (1.0,)),
-    ("milestones", (100, 150))])
+    ("milestones", (100, 150)), ("lr", math.nan), ("lr", math.inf), ("momentum", math.nan),
+    ("momentum", -0.1), ("weight_decay", math.inf), ("weight_decay", -1e-4), ("lr_gamma", 0.0),
+    ("lr_gamma", -0.5), ("lr_gamma", math.nan)])
 def test_recipe_rejects_bad_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=rf"^Recipe\.{field}"):
         pnorm.Recipe(**{field: value})

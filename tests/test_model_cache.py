@@ -277,3 +277,25 @@ def test_real_profiles_use_the_adi_trigger_set(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="labels up to 7, too many for 5 classes"):
         pnorm.profile_data.trigger_set(real, num_classes=5)
     assert pnorm.profile_data.trigger_set(PROFILES["smoke"]).name == "trigger/abstract"
+
+
+def test_a_diverging_run_caches_no_model_and_no_vault(data, tmp_path, monkeypatch):
+    """Training stops on a non-finite loss or weight before that epoch reaches any file."""
+    splits, trigger = data
+    monkeypatch.setenv("PNORM_CACHE", str(tmp_path))
+    monkeypatch.setattr(pnorm.model_cache, "source_fingerprint", lambda: FINGERPRINT)
+    wild = replace(PROFILE, train=replace(PROFILE.train, lr=1e6))
+    with pytest.raises(pnorm.training.TrainingDivergedError, match="epoch 2 of 2, step 1 of 2"):
+        train_or_load("pan", wild, splits, trigger, message="owner", progress=False)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert [p.name for p in files] == ["checkpoint.pt"]  # no final.pt, no vault.pt
+    ckpt = torch.load(files[0], weights_only=True)
+    assert ckpt["epoch"] == 0  # the first epoch, still finite; the second was never written
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_a_message_that_is_not_text_is_refused_before_anything_runs(data, no_training):
+    splits, trigger = data
+    with pytest.raises(TypeError, match="signature message must be a str, got bytes"):
+        train_or_load("pan", PROFILE, splits, trigger, message=b"owner", progress=False)
+    assert no_training == []

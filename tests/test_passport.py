@@ -104,6 +104,21 @@ def test_message_longer_than_capacity_states_the_capacity():
         key_model(AlexNetCIFAR(width=WIDTH), _gen(0), message="Ω" * 9 + "a")
 
 
+@pytest.mark.parametrize("message", [b"owner", b"", bytearray(b"owner"), 42])
+def test_a_message_that_is_not_text_is_a_type_error(message):
+    with pytest.raises(TypeError, match=r"signature message must be a str") as info:
+        make_signature(64, _gen(0), message)
+    if isinstance(message, bytes | bytearray):
+        assert "decode it first" in str(info.value)
+    with pytest.raises(TypeError, match="must be a str"):
+        text_to_bits(message)
+    model = AlexNetCIFAR(width=WIDTH, seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(TypeError, match="must be a str"):
+        key_model(model, _gen(1), message=message)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
 # ----------------------------------------------------------------------------- key_model
 
 

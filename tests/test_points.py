@@ -188,6 +188,22 @@ def test_modelnet_missing_data_is_a_clear_error(tmp_path: Path) -> None:
             load_modelnet40(tmp_path, n_val=0, cache_dir=tmp_path / "c")
 
 
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf", "2e6"])
+def test_modelnet_rows_with_non_finite_or_huge_values_are_corrupt(tmp_path: Path, bad) -> None:
+    folder = _write_modelnet(tmp_path)
+    file = folder / "airplane" / "airplane_0004.txt"
+    lines = file.read_text().splitlines()
+    values = lines[2].split(",")
+    values[1] = bad
+    lines[2] = ",".join(values)
+    file.write_text("\n".join(lines) + "\n")
+    cache = tmp_path / "cache"
+    with pytest.raises(DataNotFoundError, match=r"airplane_0004\.txt is corrupt: row 3") as err:
+        load_modelnet40(tmp_path, n_points=16, n_val=2, cache_dir=cache)
+    assert "good copy of ModelNet40" in str(err.value)
+    assert not list(cache.glob("*.pt"))  # nothing of the corrupt split was cached
+
+
 # ------------------------------------------------------------------ download path
 
 
@@ -261,3 +277,9 @@ def test_point_data_subset_and_validation() -> None:
         PointData(d.points.double(), d.labels)
     with pytest.raises(ValueError, match="labels"):
         PointData(d.points, d.labels[:-1])
+    for value in (float("nan"), float("inf")):
+        bad = d.points.clone()
+        bad[4, 2, 9] = value
+        with pytest.raises(ValueError, match=r"'x': points hold NaN or infinite values \(clouds "
+                                             r"\[4\]\)"):
+            PointData(bad, d.labels, name="x")

@@ -1,11 +1,13 @@
 """Profiles: PNORM_PROFILE / PNORM_DATA / PNORM_DEVICE selection and errors, and PNORM_CACHE."""
 
+import os
 from dataclasses import FrozenInstanceError
 from pathlib import Path
 
 import pytest
 import torch
 
+import pnorm.profiles
 from pnorm.profiles import PROFILES, cache_dir, get_profile, profile_dict
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
@@ -78,6 +80,14 @@ def test_pnorm_device_overrides_the_device(monkeypatch):
         get_profile("smoke")
 
 
+@pytest.mark.parametrize("device", ["meta", "cuda:99"])
+def test_pnorm_device_must_compute_and_copy_back(monkeypatch, device):
+    """A device that can allocate but not compute ("meta") or that is missing fails at start-up."""
+    monkeypatch.setenv("PNORM_DEVICE", device)
+    with pytest.raises(RuntimeError, match=rf"device '{device}' \(PNORM_DEVICE\) is not usable"):
+        get_profile("smoke")
+
+
 @no_cuda
 @pytest.mark.parametrize("name", ["gpu", "paper"])
 def test_gpu_profiles_without_cuda_say_what_to_do(name):
@@ -103,6 +113,41 @@ def test_cache_dir_honours_pnorm_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("PNORM_CACHE", str(target))
     assert cache_dir() == target
     assert target.is_dir()  # created on demand
+
+
+def test_cache_dir_leaves_no_trace_of_its_write_check(monkeypatch, tmp_path):
+    monkeypatch.setenv("PNORM_CACHE", str(tmp_path))
+    cache_dir()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unwritable_cache_fails_at_start_up_naming_pnorm_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("PNORM_CACHE", str(tmp_path))
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path))
+
+    monkeypatch.setattr(pnorm.profiles.tempfile, "NamedTemporaryFile", refuse)
+    with pytest.raises(PermissionError, match=rf"{tmp_path} is not writable.*set PNORM_CACHE"):
+        cache_dir()
+
+
+def test_a_cache_below_a_file_fails_naming_pnorm_cache(monkeypatch, tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("PNORM_CACHE", str(tmp_path / "a-file" / "cache"))
+    with pytest.raises(OSError, match="not writable.*set PNORM_CACHE to a folder you can write"):
+        cache_dir()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only folders")
+def test_a_read_only_cache_fails_naming_pnorm_cache(monkeypatch, tmp_path):
+    tmp_path.chmod(0o500)
+    monkeypatch.setenv("PNORM_CACHE", str(tmp_path))
+    try:
+        with pytest.raises(PermissionError, match="PNORM_CACHE"):
+            cache_dir()
+    finally:
+        tmp_path.chmod(0o700)
 
 
 def test_cache_dir_defaults_to_home(monkeypatch, tmp_path):

@@ -1,5 +1,7 @@
-"""Training: exact resume after an interruption, checkpoint safety, seeds, schedules, selection."""
+"""Training: exact resume after an interruption, checkpoint safety, seeds, schedules, selection,
+and the refusals: bad configs, inputs the model cannot learn, divergence."""
 
+import math
 import shutil
 from dataclasses import replace
 
@@ -8,10 +10,21 @@ import torch
 
 import pnorm.training
 from pnorm.alexnet import AlexNetCIFAR
+from pnorm.images import ImageData
 from pnorm.passport import key_model
+from pnorm.pointnet import PointNetCls
 from pnorm.recipes import Recipe
 from pnorm.synthetic_images import abstract_trigger_set, synthetic_splits
-from pnorm.training import TrainConfig, amp_dtype, config_for, train, training_step
+from pnorm.synthetic_points import synthetic_point_splits
+from pnorm.training import (
+    TrainConfig,
+    TrainingDivergedError,
+    amp_dtype,
+    config_for,
+    train,
+    training_step,
+)
+from pnorm.units import passport_layers
 
 CFG = TrainConfig(recipe=Recipe(epochs=3, batch_size=32, lr=0.02, milestones=(2 / 3,)),
                   triggers_per_batch=2, select="last", eval_batch_size=64)
@@ -253,7 +266,7 @@ def test_config_for_presets_and_overrides():
     assert faithful.select == "test" and faithful.amp == "off"
     assert amp_dtype(faithful, "cuda") is None  # float32 everywhere, as the original
     assert replace(faithful, select="last", amp=None) == TrainConfig()  # nothing else changes
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="no_such_option"):
         config_for("clean", no_such_option=1)
 
 
@@ -271,3 +284,131 @@ def test_sign_weight_zero_drops_only_the_sign_loss():
     assert results[1.0]["sign"] > 0 and results[0.0]["sign"] == 0
     torch.testing.assert_close(results[1.0]["loss0"], results[0.0]["loss0"])
     torch.testing.assert_close(results[1.0]["loss1"], results[0.0]["loss1"])
+
+
+# ----------------------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize("field,value", [
+    ("schedule", "both"), ("select", "best"), ("amp", "fp8"), ("amp", True),
+    ("alternate_every", 0), ("triggers_per_batch", -1), ("eval_batch_size", 0),
+    ("seed", 1.5), ("sign_weight", math.nan), ("sign_weight", math.inf), ("sign_weight", -1.0),
+    ("channels_last", "yes"), ("compile", 1), ("batched", None)])
+def test_train_config_rejects_bad_values_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=rf"^TrainConfig\.{field} must be") as info:
+        TrainConfig(**{field: value})
+    assert repr(value) in str(info.value)
+    with pytest.raises(ValueError, match=rf"^TrainConfig\.{field}"):
+        replace(TrainConfig(), **{field: value})  # replace() checks too
+    with pytest.raises(ValueError, match=rf"^TrainConfig\.{field}"):
+        config_for("clean", **{field: value})
+
+
+def test_train_config_names_the_allowed_values_and_wants_a_recipe():
+    with pytest.raises(ValueError, match=r"\('summed', 'alternating'\)"):
+        TrainConfig(schedule="both")
+    with pytest.raises(ValueError, match=r"\(None, 'bf16', 'fp16', 'off'\)"):
+        TrainConfig(amp="fp8")
+    with pytest.raises(TypeError, match="TrainConfig.recipe must be a pnorm Recipe, got dict"):
+        TrainConfig(recipe={"epochs": 3})
+
+
+def test_a_diverging_run_stops_before_anything_is_saved(data, tmp_path):
+    splits, trigger = data
+    path = tmp_path / "checkpoint.pt"
+    with pytest.raises(TrainingDivergedError, match=r"epoch 1 of 3, after step 2 of 2") as info:
+        train(_fresh(), splits, _with(CFG, lr=1e6), trigger, checkpoint=path, progress=False)
+    assert isinstance(info.value, FloatingPointError)
+    assert "lower the learning rate (recipe.lr=1e+06)" in str(info.value)
+    assert not path.exists()  # no non-finite model was written
+
+
+def test_divergence_names_the_first_step_with_a_bad_loss(data, tmp_path, monkeypatch):
+    """A passport turned NaN in epoch 2, step 2: the loss of that step is the first bad one."""
+    splits, trigger = data
+    path = tmp_path / "checkpoint.pt"
+    real, calls = pnorm.training.training_step, []
+
+    def poison_then_step(model, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            next(iter(passport_layers(model).values())).passport_gamma[0, 0] = math.nan
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(pnorm.training, "training_step", poison_then_step)
+    with pytest.raises(TrainingDivergedError, match=r"epoch 2 of 3, step 2 of 2: the losses "
+                                                    r"are \{'loss0': [0-9.]+, 'loss1': nan"):
+        train(_fresh(), splits, CFG, trigger, checkpoint=path, progress=False)
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["epoch"] == 0  # the last sound epoch; the bad one was never written
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_a_nan_passport_is_refused_before_training(data, step_log):
+    splits, trigger = data
+    model = _fresh()
+    model.conv3.passport_gamma[0, 0, 0, 0] = math.nan
+    with pytest.raises(ValueError, match=r"conv3\.passport_gamma holds NaN.*key_model"):
+        train(model, splits, CFG, trigger, progress=False)
+    assert step_log == []
+
+
+def test_a_batch_larger_than_the_training_set_is_refused(data, step_log):
+    splits, trigger = data
+    with pytest.raises(ValueError, match=rf"batch size 65 .* training set \({N_TRAIN} samples\)"):
+        train(_fresh(), splits, _with(CFG, batch_size=N_TRAIN + 1), trigger, progress=False)
+    assert step_log == []
+
+
+def _relabelled(data: ImageData, label: int) -> ImageData:
+    labels = data.labels.clone()
+    labels[-1] = label
+    return ImageData(data.images, labels, data.classes, data.name)
+
+
+@pytest.mark.parametrize("where", ["train", "val", "trigger"])
+def test_labels_beyond_the_model_classes_are_refused(data, step_log, where):
+    splits, trigger = data
+    if where == "trigger":
+        trigger = _relabelled(trigger, 10)
+    else:
+        splits = replace(splits, **{where: _relabelled(getattr(splits, where), 10)})
+    with pytest.raises(ValueError, match=r"largest \w+ label is 10, but the model has 10 classes"):
+        train(_fresh(), splits, CFG, trigger, progress=False)
+    assert step_log == []
+
+
+def test_the_class_count_comes_from_the_last_linear_without_a_config(data):
+    splits, trigger = data
+    model = AlexNetCIFAR(width=0.125, scheme="plain", num_classes=5, seed=0)
+    del model.config
+    with pytest.raises(ValueError, match=r"largest training label is 9, but the model has 5"):
+        train(model, splits, CFG, trigger, progress=False)
+
+
+def test_non_finite_point_clouds_are_refused(step_log):
+    splits = synthetic_point_splits(32, 16, 16, 32, seed=0)
+    splits.train.points[3, 1, 7] = math.inf  # changed after PointData checked it
+    model = PointNetCls(splits.num_classes, width=1 / 16, scheme="plain", num_points=32, seed=0)
+    cfg = TrainConfig(recipe=Recipe(epochs=1, batch_size=16, optimizer="adam", lr=1e-3))
+    with pytest.raises(ValueError, match="training inputs hold NaN or infinite values"):
+        train(model, splits, cfg, progress=False)
+    assert step_log == []
+
+
+def test_a_checkpoint_resumes_only_into_its_own_model(data, tmp_path, step_log):
+    """Same config, same path, other passports: refused; the model it was written for resumes."""
+    splits, trigger = data
+    one = _with(CFG, epochs=1)
+    path = tmp_path / "checkpoint.pt"
+    first = train(_fresh(), splits, one, trigger, checkpoint=path, progress=False)
+    saved = path.read_bytes()
+    other = AlexNetCIFAR(width=0.125, scheme="pan", seed=0)
+    key_model(other, _gen(2))
+    step_log.clear()
+    with pytest.raises(ValueError, match=rf"checkpoint {path} was written for another model.*"
+                                         r"delete it or use another checkpoint path"):
+        train(other, splits, one, trigger, checkpoint=path, progress=False)
+    assert path.read_bytes() == saved and step_log == []
+    again = train(_fresh(), splits, one, trigger, checkpoint=path, progress=False)
+    assert step_log == [] and _same_weights(again.model, first.model)

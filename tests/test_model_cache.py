@@ -286,7 +286,7 @@ def test_a_diverging_run_caches_no_model_and_no_vault(data, tmp_path, monkeypatc
     monkeypatch.setattr(pnorm.model_cache, "source_fingerprint", lambda: FINGERPRINT)
     wild = replace(PROFILE, train=replace(PROFILE.train, lr=1e6))
     with pytest.raises(pnorm.training.TrainingDivergedError, match="epoch 2 of 2, step 1 of 2"):
-        train_or_load("pan", wild, splits, trigger, message="owner", progress=False)
+        train_or_load("pan", wild, splits, trigger, message="owner", key_seed=1, progress=False)
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert [p.name for p in files] == ["checkpoint.pt"]  # no final.pt, no vault.pt
     ckpt = torch.load(files[0], weights_only=True)

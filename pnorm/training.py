@@ -9,13 +9,11 @@ and point clouds share this loop; only the batch preparation differs.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
-from itertools import chain
 from pathlib import Path
 from typing import Literal
 
@@ -25,11 +23,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .batches import Data, model_inputs, raw_inputs
-from .fileio import atomic_torch_save, tensors_sha256
+from .fileio import atomic_torch_save
 from .images import ImageSplits, crop_flip
 from .points import PointSplits, augment_points
 from .recipes import Recipe, get_preset, make_optimizer
 from .rng import derive_seed
+from .safeguards import (
+    TrainingDivergedError,
+    check_finite,
+    check_training_inputs,
+    model_identity,
+)
 from .units import passport_layers, recording_scales, total_sign_loss
 from .verify import evaluate, signature_detection
 
@@ -106,10 +110,6 @@ def config_for(preset: str, **overrides) -> TrainConfig:
     p = get_preset(preset)
     base = TrainConfig(select=p.select, amp="off" if p.full_precision else None)
     return replace(base, **overrides)
-
-
-class TrainingDivergedError(FloatingPointError):
-    """A loss or weight became NaN or infinite; raised before that epoch is saved anywhere."""
 
 
 @dataclass
@@ -259,17 +259,6 @@ def _epoch_plan(
     return {key: v.to(device) for key, v in plan.items()}
 
 
-def _model_identity(model: nn.Module) -> str:
-    """SHA-256 of the model's config and its secrets (passports, signature bits).
-
-    A checkpoint resumes only into the model it was written for, even under the same config.
-    """
-    secrets = {name: b for name, b in model.named_buffers()
-               if name.endswith(("passport_gamma", "passport_beta", "signature"))}
-    config = json.dumps(getattr(model, "config", None), sort_keys=True, default=str)
-    return tensors_sha256(config, secrets)
-
-
 def _load_checkpoint(path: Path, config: TrainConfig, identity: str) -> dict | None:
     if not path.exists():
         return None
@@ -298,82 +287,6 @@ def _config_record(config: TrainConfig) -> dict:
     d = asdict(config)
     d["recipe"]["milestones"] = list(d["recipe"]["milestones"])
     return d
-
-
-def _num_classes(model: nn.Module) -> int | None:
-    """The model's class count: ``config["num_classes"]``, else its last Linear's outputs."""
-    config = getattr(model, "config", None)
-    if isinstance(config, dict) and "num_classes" in config:
-        return int(config["num_classes"])
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    return linears[-1].out_features if linears else None
-
-
-def _first_nonfinite(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:
-    """The name of the first float tensor holding NaN or ±inf, else None (one host sync)."""
-    named = [(name, t.detach()) for name, t in named if t.is_floating_point()]
-    if not named:
-        return None
-    finite = torch.stack([torch.isfinite(t).all() for _, t in named])
-    return None if bool(finite.all()) else named[int((~finite).nonzero()[0])][0]
-
-
-def _check_inputs(model: nn.Module, splits: ImageSplits | PointSplits, trigger: Data | None,
-                  config: TrainConfig) -> None:
-    """Refuse, before any step, what cannot train, with a ValueError that says what to do.
-
-    That is a batch larger than the training set, labels beyond the model's classes, and NaN or
-    infinite inputs or weights.
-    """
-    n, batch = len(splits.train), config.recipe.batch_size
-    if batch > n:
-        raise ValueError(f"the batch size {batch} (recipe.batch_size) is larger than the training "
-                         f"set ({n} samples), so no step could run; use a batch of at most {n}")
-    sets = {"training": splits.train, "validation": splits.val, "test": splits.test}
-    if trigger is not None and config.triggers_per_batch > 0:
-        sets["trigger"] = trigger
-    classes = _num_classes(model)
-    for name, data in sets.items():
-        raw = raw_inputs(data)
-        if raw.is_floating_point() and not bool(torch.isfinite(raw).all()):
-            raise ValueError(f"the {name} inputs hold NaN or infinite values; repair or drop "
-                             f"those samples before training")
-        if not len(data):
-            continue
-        low, high = int(data.labels.min()), int(data.labels.max())
-        if low < 0:
-            raise ValueError(f"the {name} labels include {low}; labels are class indices from 0")
-        if classes is not None and high >= classes:
-            raise ValueError(f"the largest {name} label is {high}, but the model has {classes} "
-                             f"classes (labels 0 to {classes - 1}); build it with "
-                             f"num_classes={high + 1} or more, or fix the labels")
-    bad = _first_nonfinite(chain(model.named_parameters(), model.named_buffers()))
-    if bad is not None:
-        raise ValueError(f"the model's {bad} holds NaN or infinite values before training; "
-                         f"rebuild the model (and key it again with key_model)")
-
-
-def _check_finite(model: nn.Module, steps: list[dict[str, torch.Tensor]], epoch: int,
-                  config: TrainConfig) -> None:
-    """Raise ``TrainingDivergedError`` if a step's loss or a weight is not finite.
-
-    One host sync per epoch; the first bad step is looked up only once something is bad.
-    """
-    losses = torch.stack([torch.stack(list(d.values())) for d in steps]) if steps else None
-    named = model.named_parameters(), model.named_buffers()
-    bad = _first_nonfinite(chain([] if losses is None else [("loss", losses)], *named))
-    if bad is None:
-        return
-    where = f"training diverged in epoch {epoch + 1} of {config.recipe.epochs}"
-    if bad == "loss":
-        step = int((~torch.isfinite(losses)).any(1).nonzero()[0]) + 1
-        values = {k: float(v) for k, v in steps[step - 1].items()}
-        what = f"step {step} of {len(steps)}: the losses are {values}"
-    else:
-        what = (f"after step {len(steps)} of {len(steps)}: {bad} holds NaN or infinite values "
-                "(every loss was finite)")
-    raise TrainingDivergedError(f"{where}, {what}. Nothing of this epoch was saved; lower the "
-                                f"learning rate (recipe.lr={config.recipe.lr:g}) and train again")
 
 
 @dataclass
@@ -459,8 +372,9 @@ def train(
     from a per-epoch seed). ``on_epoch(model, record)`` may return extra fields for the
     epoch's history record (e.g. an owner's measurement).
     """
-    _check_inputs(model, splits, trigger, config)
-    identity = _model_identity(model)
+    check_training_inputs(model, splits, trigger, config.recipe.batch_size,
+                          config.triggers_per_batch > 0)
+    identity = model_identity(model)
     device = torch.device(device)
     model.to(device)
     channels_last = uses_channels_last(config, device)
@@ -504,7 +418,8 @@ def train(
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
-        _check_finite(model, kept, epoch, config)  # before anything of the epoch is kept
+        # before anything of the epoch is kept
+        check_finite(model, kept, epoch, config.recipe.epochs, config.recipe.lr)
         sums = {"loss0": 0.0, "loss1": 0.0, "sign": 0.0}
         if totals is not None:
             sums = {k: v.item() / steps for k, v in totals.items()}

@@ -1,0 +1,262 @@
+"""Calibrated evidence for an ownership claim: empirical nulls, a paired accuracy test, commitments.
+
+The binomial p-value of the signature assumes independent fair-coin bits; forged passports give
+strongly correlated bits, so the chance that a wrong passport matches this well is taken from
+empirical nulls instead (book/method.md#method-verification). The accuracy test compares the
+two branches on the same samples. A commitment published at release time lets a verifier
+reject vaults made afterwards, which stops forgeries built from the release alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .batches import Data, model_inputs, raw_inputs
+from .passport import passports_from_images, random_passports
+from .units import passport_layers
+from .vault import Vault
+
+__all__ = [
+    "AccuracyTest",
+    "Commitment",
+    "SignatureNull",
+    "check_commitment",
+    "commit",
+    "image_passport_null",
+    "independent_model_null",
+    "paired_accuracy_test",
+    "random_passport_null",
+    "vault_digest",
+]
+
+MIN_TEST_SIZE = 100  # labelled samples below which an accuracy comparison says nothing useful
+
+
+@dataclass
+class SignatureNull:
+    """Matched-bit counts of claims that should fail, and p-values of an observed count.
+
+    ``empirical_p`` is the (k+1)/(n+1) tail, valid for any null but never below 1/(n+1);
+    ``fitted_log10_p`` extrapolates with a normal fitted to the counts (an assumption: a tail no
+    heavier than Gaussian), and ``naive_log10_p`` is the binomial of independent fair bits.
+    """
+
+    name: str
+    matches: list[int]
+    bits: int
+
+    def empirical_p(self, k: int) -> float:
+        return (sum(m >= k for m in self.matches) + 1) / (len(self.matches) + 1)
+
+    def fitted_log10_p(self, k: int) -> float:
+        n = len(self.matches)
+        if n < 2:
+            raise ValueError(f"the {self.name} null needs at least 2 samples to fit, has {n}")
+        mean = sum(self.matches) / n
+        sd = max(math.sqrt(sum((m - mean) ** 2 for m in self.matches) / (n - 1)), 0.5)
+        z = (k - 0.5 - mean) / sd  # continuity correction: counts are integers
+        return _log10_normal_tail(z)
+
+    def naive_log10_p(self, k: int) -> float:
+        return _log10_binomial_half_tail(k, self.bits)
+
+    def summary(self, k: int) -> dict:
+        """One table row: the null's spread against independent bits, and the three p-values."""
+        n = len(self.matches)
+        mean = sum(self.matches) / n
+        sd = math.sqrt(sum((m - mean) ** 2 for m in self.matches) / max(1, n - 1))
+        return {"null": self.name, "samples": n, "bits": self.bits, "mean matches": mean,
+                "sd matches": sd, "sd if independent": math.sqrt(self.bits) / 2,
+                "max matches": max(self.matches), "observed": k,
+                "empirical p": self.empirical_p(k), "fitted log10 p": self.fitted_log10_p(k),
+                "naive log10 p": self.naive_log10_p(k)}
+
+
+def _log10_normal_tail(z: float) -> float:
+    """log10 P(Z >= z) for a standard normal, accurate far into the tail."""
+    if z < 5:
+        return math.log10(max(0.5 * math.erfc(z / math.sqrt(2)), 1e-300))
+    # Mills ratio: P(Z >= z) ≈ φ(z)/z · (1 - 1/z² + 3/z⁴)
+    log_phi = -0.5 * z * z - 0.5 * math.log(2 * math.pi)
+    return (log_phi - math.log(z) + math.log1p(-1 / z**2 + 3 / z**4)) / math.log(10)
+
+
+def _log10_binomial_half_tail(k: int, n: int) -> float:
+    count = sum(math.comb(n, i) for i in range(k, n + 1))
+    return math.log10(count) - n * math.log10(2)
+
+
+@torch.no_grad()
+def _matches(model: nn.Module, signature: torch.Tensor,
+             passports: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> int:
+    """Channels whose sign(s_gamma) equals the bit, over every passport layer."""
+    total, start = 0, 0
+    for name, layer in passport_layers(model).items():
+        pg, pb = passports[name] if passports and name in passports else (None, None)
+        s_gamma, _ = layer.passport_scales(pg, pb)
+        bits = signature[start : start + layer.channels].to(s_gamma.device)
+        total += int((torch.sign(s_gamma) == bits).sum())
+        start += layer.channels
+    return total
+
+
+def _null(name: str, protected: nn.Module, signature: torch.Tensor, n: int,
+          draw: Callable[[], dict[str, tuple[torch.Tensor, torch.Tensor]]]) -> SignatureNull:
+    return SignatureNull(name, [_matches(protected, signature, draw()) for _ in range(n)],
+                         int(signature.numel()))
+
+
+def random_passport_null(protected: nn.Module, signature: torch.Tensor, n: int = 200,
+                         seed: int = 0) -> SignatureNull:
+    """The owner's claim with ``n`` random U(-1, 1) passports in place of the true ones."""
+    g = torch.Generator().manual_seed(seed)
+    layers = passport_layers(protected)
+
+    def draw() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        device = next(protected.parameters()).device
+        return {name: (random_passports(la.passport_shape, g).to(device),
+                       random_passports(la.passport_shape, g).to(device))
+                for name, la in layers.items()}
+
+    return _null("random passports", protected, signature, n, draw)
+
+
+def image_passport_null(protected: nn.Module, public: nn.Module, signature: torch.Tensor,
+                        images: Data, mean: Sequence[float] | None,
+                        std: Sequence[float] | None, n: int = 100, per_draw: int = 20,
+                        seed: int = 0) -> SignatureNull:
+    """Passports made from ``per_draw`` random images through the release: a cheap forger.
+
+    DeepIPR's first fake attack, with the attacker's best plain network, the release itself.
+    """
+    g = torch.Generator().manual_seed(seed)
+    names = list(passport_layers(protected))
+    device = next(protected.parameters()).device
+    raw = raw_inputs(images)
+    if len(raw) < per_draw:
+        raise ValueError(f"image passports need at least {per_draw} images, got {len(raw)}")
+
+    def draw() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        pick = torch.randperm(len(raw), generator=g)[: 2 * per_draw] % len(raw)
+        x = model_inputs(raw[pick].to(device), mean, std)
+        pg = passports_from_images(public, x[:per_draw], names, g)
+        pb = passports_from_images(public, x[per_draw:], names, g)
+        return {name: (pg[name], pb[name]) for name in names}
+
+    return _null("image passports", protected, signature, n, draw)
+
+
+def independent_model_null(vault: Vault, models: Sequence[nn.Module]) -> SignatureNull:
+    """The owner's vault attached to models trained without it (plain, or keyed by others)."""
+    if not models:
+        raise ValueError("independent_model_null needs at least one independently trained model")
+    counts = [_matches(vault.attach(m), vault.signature) for m in models]
+    return SignatureNull("independent models", counts, int(vault.signature.numel()))
+
+
+@dataclass
+class AccuracyTest:
+    """Passport branch against deployed branch on the same samples (a paired bootstrap).
+
+    ``applicable`` is False when the deployed branch is not better than chance on this test
+    set: then neither branch's accuracy says anything, and the claim cannot rest on it.
+    """
+
+    n: int
+    accuracy0: float
+    accuracy1: float
+    difference_low: float  # lower end of the 95 % interval of accuracy1 - accuracy0
+    difference_high: float
+    chance: float
+    applicable: bool
+    margin: float
+    passed: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.passed = self.applicable and self.difference_low >= -self.margin
+
+
+def paired_accuracy_test(correct0: torch.Tensor, correct1: torch.Tensor, num_classes: int,
+                         margin: float = 0.05, resamples: int = 2000,
+                         seed: int = 0) -> AccuracyTest:
+    """Is the passport branch at most ``margin`` worse than the deployed one (95 % bootstrap)?
+
+    ``correct0``/``correct1`` say per test sample whether each branch was right. The deployed
+    branch must beat chance (1/num_classes) by a one-sided 99 % binomial margin, else the test
+    is not applicable. Fewer than ``MIN_TEST_SIZE`` samples are refused.
+    """
+    c0, c1 = correct0.flatten().float().cpu(), correct1.flatten().float().cpu()
+    n = len(c0)
+    if n != len(c1):
+        raise ValueError(f"the branches were scored on {n} and {len(c1)} samples; pair them")
+    if n < MIN_TEST_SIZE:
+        raise ValueError(f"an accuracy test needs at least {MIN_TEST_SIZE} labelled samples, "
+                         f"got {n}: the comparison would be noise")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, n, (resamples, n), generator=g)
+    diffs = (c1[idx] - c0[idx]).mean(1).sort().values
+    low, high = float(diffs[int(0.025 * resamples)]), float(diffs[int(0.975 * resamples) - 1])
+    chance = 1.0 / num_classes
+    acc0 = float(c0.mean())
+    # one-sided 99 % bound of a binomial proportion at chance (normal approximation)
+    beats_chance = acc0 > chance + 2.326 * math.sqrt(chance * (1 - chance) / n)
+    return AccuracyTest(n, acc0, float(c1.mean()), low, high, chance, beats_chance, margin)
+
+
+# ------------------------------------------------------------------ claim protocol
+
+
+def vault_digest(vault: Vault) -> str:
+    """SHA-256 over everything that makes the owner's private branch: passports, signature,
+    MLPs, branch-1 statistics, in a fixed order. Changing any secret changes the digest."""
+    h = hashlib.sha256()
+    for name in sorted(vault.layers):
+        for key in sorted(vault.layers[name]["tensors"]):
+            t = vault.layers[name]["tensors"][key].detach().contiguous().cpu()
+            h.update(f"{name}/{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    h.update(json.dumps(vault.arch, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Commitment:
+    """What the owner publishes when releasing: the vault's digest, the release's digest and
+    the time a trusted timestamping service (or a public ledger) vouches for."""
+
+    vault_sha256: str
+    release_sha256: str
+    timestamp: float  # seconds since the epoch, as vouched for by the timestamp authority
+
+
+def commit(vault: Vault, timestamp: float) -> Commitment:
+    """The commitment an owner publishes with a release (``vault.public_sha256`` names it)."""
+    if not vault.public_sha256:
+        raise ValueError("the vault does not record its release (public_sha256); make it with "
+                         "Vault.from_model(..., public_model=export_public(model))")
+    return Commitment(vault_digest(vault), vault.public_sha256, float(timestamp))
+
+
+def check_commitment(vault: Vault, commitments: Sequence[Commitment],
+                     suspect_first_seen: float) -> tuple[bool, str]:
+    """Accept a claim only if its vault was committed before the suspect model appeared.
+
+    Returns (accepted, reason). A vault built after the release, however well it verifies,
+    matches no commitment that old: this stops forgeries made from the release alone. It
+    assumes honest timestamps and that the owner committed before anyone else could.
+    """
+    digest = vault_digest(vault)
+    mine = [c for c in commitments if c.vault_sha256 == digest]
+    if not mine:
+        return False, "no published commitment matches this vault"
+    earliest = min(c.timestamp for c in mine)
+    if earliest >= suspect_first_seen:
+        return False, "the vault was committed only after the suspect model appeared"
+    return True, "the vault was committed before the suspect model appeared"

@@ -1,0 +1,102 @@
+"""Calibrated evidence: empirical nulls of the signature test, the paired accuracy test and the
+commitment protocol that rejects vaults made after a release."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from pnorm.alexnet import AlexNetCIFAR
+from pnorm.claims import (
+    MIN_TEST_SIZE,
+    SignatureNull,
+    check_commitment,
+    commit,
+    image_passport_null,
+    independent_model_null,
+    paired_accuracy_test,
+    random_passport_null,
+    vault_digest,
+)
+from pnorm.models import export_public
+from pnorm.passport import key_model
+from pnorm.vault import Vault
+from pnorm.verify import signature_detection
+
+
+def test_p_values_of_a_null():
+    null = SignatureNull("toy", [100, 110, 120, 130, 140] * 20, bits=224)
+    assert null.empirical_p(200) == pytest.approx(1 / 101)  # beyond every sample
+    assert null.empirical_p(140) == pytest.approx(21 / 101)
+    assert null.fitted_log10_p(200) < null.fitted_log10_p(150) < 0
+    assert null.naive_log10_p(224) == pytest.approx(-224 * 0.30103, abs=1e-3)
+    row = null.summary(200)
+    assert row["sd matches"] > row["sd if independent"]  # correlated bits spread wider
+    with pytest.raises(ValueError, match="at least 2"):
+        SignatureNull("one", [3], 10).fitted_log10_p(5)
+
+
+def test_owner_beats_the_nulls_and_an_independent_model_does_not(trained_pan):
+    model, vault, splits = trained_pan["model"], trained_pan["vault"], trained_pan["splits"]
+    public = export_public(model)
+    protected = vault.attach(public)
+    owner = signature_detection(protected)["matches"]
+    signature = vault.signature
+    for null in (random_passport_null(protected, signature, n=99, seed=1),
+                 image_passport_null(protected, public, signature, splits.test, splits.mean,
+                                     splits.std, n=20, per_draw=8, seed=2)):
+        assert null.empirical_p(owner) == pytest.approx(1 / (len(null.matches) + 1))
+        assert null.fitted_log10_p(owner) < -3, null.summary(owner)
+    # Models trained without the owner's keys: here fresh, independently initialised releases,
+    # and one keyed with other passports.
+    others = [export_public(AlexNetCIFAR(width=0.125, scheme="plain", seed=s)) for s in (5, 6)]
+    keyed = AlexNetCIFAR(width=0.125, scheme="pan", seed=7)
+    key_model(keyed, torch.Generator().manual_seed(99))
+    others.append(export_public(keyed))
+    independent = independent_model_null(vault, others)
+    assert max(independent.matches) < owner
+    null = random_passport_null(protected, signature, n=99, seed=3)
+    assert all(null.empirical_p(k) > 0.01 for k in independent.matches)
+
+
+def test_paired_accuracy_test():
+    n = 400
+    right = torch.ones(n, dtype=torch.bool)
+    same = paired_accuracy_test(right, right, num_classes=10)
+    assert same.passed and same.applicable and same.difference_low == 0.0
+    wrong = torch.zeros(n, dtype=torch.bool)
+    assert not paired_accuracy_test(right, wrong, num_classes=10).passed
+    slightly = right.clone()
+    slightly[:8] = False  # 2 points worse on 400 samples: within a 5-point margin
+    assert paired_accuracy_test(right, slightly, num_classes=10).passed
+    g = torch.Generator().manual_seed(0)
+    chance = torch.rand(n, generator=g) < 0.1  # a deployed branch at chance level
+    at_chance = paired_accuracy_test(chance, chance, num_classes=10)
+    assert not at_chance.applicable and not at_chance.passed
+    with pytest.raises(ValueError, match=f"at least {MIN_TEST_SIZE}"):
+        paired_accuracy_test(right[:50], right[:50], num_classes=10)
+    with pytest.raises(ValueError, match="pair them"):
+        paired_accuracy_test(right, right[:-1], num_classes=10)
+
+
+def test_commitment_rejects_a_vault_made_after_the_release(trained_pan):
+    vault = trained_pan["vault"]
+    published = [commit(vault, timestamp=1000.0)]
+    ok, why = check_commitment(vault, published, suspect_first_seen=2000.0)
+    assert ok, why
+    late, why = check_commitment(vault, published, suspect_first_seen=500.0)
+    assert not late and "after" in why
+    forged = copy.deepcopy(vault)  # a claimant's vault: other passports, same release
+    name = next(iter(forged.layers))
+    forged.layers[name]["tensors"]["passport_gamma"] = -forged.layers[name]["tensors"][
+        "passport_gamma"]
+    assert vault_digest(forged) != vault_digest(vault)
+    ok, why = check_commitment(forged, published, suspect_first_seen=2000.0)
+    assert not ok and "no published commitment" in why
+    # the forger may commit too, but only after the release it forged from was public
+    ok, why = check_commitment(forged, published + [commit(forged, 3000.0)], 2000.0)
+    assert not ok and "after" in why
+    with pytest.raises(ValueError, match="public_sha256"):
+        commit(Vault(arch={}, layers=vault.layers), 1.0)

@@ -31,6 +31,7 @@ parser.add_argument("--epochs", type=int, default=None)
 parser.add_argument("--lr", type=float, default=None)
 parser.add_argument("--batch", type=int, default=None)
 parser.add_argument("--lr-schedule", choices=["step", "cosine"], default=None)
+parser.add_argument("--optimizer", choices=["sgd", "adam"], default=None)
 parser.add_argument("--width", type=float, default=None)
 parser.add_argument("--n-train", type=int, default=None)
 parser.add_argument("--triggers-per-batch", type=int, default=None)
@@ -42,7 +43,7 @@ if args.threads:
 prof = profiles.get_profile("cpu")
 recipe = prof.train
 for field, value in (("epochs", args.epochs), ("lr", args.lr), ("batch_size", args.batch),
-                     ("lr_schedule", args.lr_schedule)):
+                     ("lr_schedule", args.lr_schedule), ("optimizer", args.optimizer)):
     if value is not None:
         recipe = replace(recipe, **{field: value})
 if recipe.lr_schedule == "cosine":

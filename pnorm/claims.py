@@ -29,6 +29,7 @@ __all__ = [
     "SignatureNull",
     "check_commitment",
     "commit",
+    "error_rate_upper95",
     "image_passport_null",
     "independent_model_null",
     "paired_accuracy_test",
@@ -208,6 +209,26 @@ def paired_accuracy_test(correct0: torch.Tensor, correct1: torch.Tensor, num_cla
     # one-sided 99 % bound of a binomial proportion at chance (normal approximation)
     beats_chance = acc0 > chance + 2.326 * math.sqrt(chance * (1 - chance) / n)
     return AccuracyTest(n, acc0, float(c1.mean()), low, high, chance, beats_chance, margin)
+
+
+def error_rate_upper95(errors: int, n: int) -> float:
+    """One-sided 95 % Clopper-Pearson upper bound of an error rate seen ``errors`` times in ``n``.
+
+    The p at which seeing at most ``errors`` errors has probability 5 %; 1 - 0.05^(1/n) for 0.
+    """
+    if not 0 <= errors <= n or n == 0:
+        raise ValueError(f"need 0 <= errors <= n and n > 0, got errors={errors}, n={n}")
+    if errors == n:
+        return 1.0
+
+    def cdf(p: float) -> float:
+        return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(errors + 1))
+
+    lo, hi = errors / n, 1.0
+    for _ in range(60):  # bisection: cdf falls as p grows
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) > 0.05 else (lo, mid)
+    return hi
 
 
 # ------------------------------------------------------------------ claim protocol

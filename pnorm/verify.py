@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .batches import Data, model_inputs, raw_inputs, trigger_data
+from .claims import MIN_TEST_SIZE, AccuracyTest, paired_accuracy_test, random_passport_null
 from .passport import random_passports
 from .units import passport_layers
 from .vault import Vault
@@ -25,6 +26,7 @@ __all__ = [
     "OwnershipReport",
     "Thresholds",
     "binomial_tail",
+    "correct_predictions",
     "evaluate",
     "forged_passport_trials",
     "signature_detection",
@@ -189,17 +191,27 @@ def forged_passport_trials(
 
 @dataclass(frozen=True)
 class Thresholds:
-    """The decision rule (our proposal after book/method.md#method-verification; the original code
-    implements none)."""
+    """The decision rule: our proposal (book/method.md#method-verification); the original
+    code implements none."""
 
-    max_log10_p: float = -9.0  # signature: P(>= matches | coin flips) below 1e-9
-    max_accuracy_drop: float = 0.02  # passport branch within 2 points of the deployed branch
+    # signature, calibrated: against the null of random passports on the suspect, the observed
+    # matches must lie beyond all but 1 % of the draws and beyond 1e-4 in the fitted tail
+    max_empirical_p: float = 0.01
+    max_fitted_log10_p: float = -4.0
+    max_log10_p: float = -9.0  # naive binomial threshold, used only when no null was drawn
+    # accuracy: the 95 % interval of (passport - deployed) accuracy must stay above -margin
+    max_accuracy_drop: float = 0.05
     min_trigger_accuracy: float = 0.5  # black-box: trigger labels recalled (chance = 1/K)
 
 
 @dataclass
 class OwnershipReport:
-    """Everything the owner measured on a suspect model, and the decision it supports."""
+    """Everything the owner measured on a suspect model, and the decision it supports.
+
+    ``null`` summarises the random-passport null at the observed match count (empirical,
+    fitted and naive p-values); ``accuracy_test`` is the paired comparison of the branches.
+    Without them (hand-made reports) the naive binomial and the point difference decide.
+    """
 
     branch0_accuracy: float
     branch1_accuracy: float
@@ -209,13 +221,26 @@ class OwnershipReport:
     trigger_log10_p: float | None
     forged: list[dict] = field(default_factory=list)
     thresholds: Thresholds = field(default_factory=Thresholds)
+    null: dict | None = None
+    accuracy_test: AccuracyTest | None = None
 
     @property
     def signature_ok(self) -> bool:
-        return self.log10_p < self.thresholds.max_log10_p
+        t = self.thresholds
+        if self.null is None:
+            return self.log10_p < t.max_log10_p
+        return (self.null["empirical p"] <= t.max_empirical_p
+                and self.null["fitted log10 p"] <= t.max_fitted_log10_p)
+
+    @property
+    def accuracy_applicable(self) -> bool:
+        """False when the deployed branch is at chance: accuracy then says nothing."""
+        return self.accuracy_test is None or self.accuracy_test.applicable
 
     @property
     def accuracy_ok(self) -> bool:
+        if self.accuracy_test is not None:
+            return self.accuracy_test.passed
         drop = self.branch0_accuracy - self.branch1_accuracy
         return drop <= self.thresholds.max_accuracy_drop
 
@@ -230,22 +255,49 @@ class OwnershipReport:
         """White-box claim: signature matches *and* the passport branch keeps its accuracy."""
         return self.signature_ok and self.accuracy_ok
 
+    @property
+    def verdict(self) -> str:
+        """The decision in words: verified, not verified, or inconclusive (accuracy at chance)."""
+        if self.verified:
+            return "ownership verified"
+        return "not verified" if self.accuracy_applicable else "inconclusive"
+
     def rows(self) -> list[dict]:
         """The report as table rows: quantity, value, test, passed."""
         t = self.thresholds
+        acc = self.accuracy_test
+        if acc is None:
+            acc_value = f"{self.branch1_accuracy:.2%}"
+            acc_test = f"drop ≤ {t.max_accuracy_drop:.0%} points"
+        elif not acc.applicable:
+            acc_value = f"{self.branch1_accuracy:.2%}"
+            acc_test = f"not applicable: deployed branch at chance ({acc.chance:.0%})"
+        else:
+            acc_value = (f"{self.branch1_accuracy:.2%} (Δ 95 % CI {100 * acc.difference_low:+.1f}"
+                         f" to {100 * acc.difference_high:+.1f} points)")
+            acc_test = f"Δ ≥ −{100 * t.max_accuracy_drop:.0f} points (paired, n={acc.n})"
+        if self.null is None:
+            sig_test = f"naive log10 p < {t.max_log10_p:g}"
+        else:
+            sig_test = (f"empirical p ≤ {t.max_empirical_p:g} and fitted log10 p ≤ "
+                        f"{t.max_fitted_log10_p:g}")
         rows = [
             {"quantity": "deployed accuracy (branch 0)", "value": f"{self.branch0_accuracy:.2%}",
              "test": "", "passed": ""},
-            {"quantity": "passport accuracy (branch 1, true passport)",
-             "value": f"{self.branch1_accuracy:.2%}",
-             "test": f"drop ≤ {t.max_accuracy_drop:.0%} points", "passed": self.accuracy_ok},
+            {"quantity": "passport accuracy (branch 1, true passport)", "value": acc_value,
+             "test": acc_test, "passed": self.accuracy_ok},
             {"quantity": "signature detection (bit-pooled)",
              "value": f"{self.detection['pooled']:.2%} ({self.detection['matches']}/"
                       f"{self.detection['bits']} bits)",
-             "test": f"log10 p < {t.max_log10_p:g}", "passed": self.signature_ok},
-            {"quantity": "log10 p-value of the matches", "value": f"{self.log10_p:.1f}",
-             "test": "", "passed": ""},
+             "test": sig_test, "passed": self.signature_ok},
         ]
+        if self.null is not None:
+            n = self.null["samples"]
+            rows.append({"quantity": f"p-value against {n} random passports",
+                         "value": f"empirical {self.null['empirical p']:.3g}, fitted log10 "
+                                  f"{self.null['fitted log10 p']:.1f}", "test": "", "passed": ""})
+        rows.append({"quantity": "naive binomial log10 p (independent bits)",
+                     "value": f"{self.log10_p:.1f}", "test": "", "passed": ""})
         if self.trigger_accuracy is not None:
             rows.append(
                 {"quantity": "trigger-set accuracy (deployed model)",
@@ -265,8 +317,7 @@ class OwnershipReport:
                  "value": f"mean {sum(dets) / len(dets):.2%}, max {max(dets):.2%}",
                  "test": "", "passed": ""}
             )
-        rows.append({"quantity": "decision (white-box)",
-                     "value": "ownership verified" if self.verified else "not verified",
+        rows.append({"quantity": "decision (white-box)", "value": self.verdict,
                      "test": "signature and accuracy tests", "passed": self.verified})
         return rows
 
@@ -274,8 +325,28 @@ class OwnershipReport:
         """A flat record for result tables and the summary chapter."""
         d = asdict(self)
         d.update(verified=self.verified, signature_ok=self.signature_ok,
-                 accuracy_ok=self.accuracy_ok, trigger_ok=self.trigger_ok)
+                 accuracy_ok=self.accuracy_ok, trigger_ok=self.trigger_ok, verdict=self.verdict)
         return d
+
+
+@torch.no_grad()
+def correct_predictions(model: nn.Module, data: Data, mean, std, batch_size: int = 500,
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample, whether branch 0 and branch 1 of a protected model predicted the label."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    parts0, parts1 = [], []
+    try:
+        for i in range(0, len(data), batch_size):
+            x = model_inputs(raw_inputs(data)[i : i + batch_size].to(device), mean, std)
+            y = data.labels[i : i + batch_size].to(device)
+            out0, out1 = model(x, "both")
+            parts0.append((out0.argmax(1) == y).cpu())
+            parts1.append((out1.argmax(1) == y).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(parts0), torch.cat(parts1)
 
 
 def verify_ownership(
@@ -289,27 +360,37 @@ def verify_ownership(
     device: str | torch.device = "cpu",
     thresholds: Thresholds | None = None,
     batch_size: int = 500,
+    n_null: int = 200,
 ) -> OwnershipReport:
     """Attach the vault to the suspect's public weights and measure what the owner shows.
 
-    book/method.md#method-verification lists the measurements and the decision rule.
+    book/method.md#method-verification lists the measurements and the decision rule: the
+    signature is judged against ``n_null`` random passports on the suspect (0: the naive
+    binomial), the branches by a paired test on ``test`` (at least 100 samples).
     ``mean``/``std`` default to the normalisation the vault recorded at training time.
     """
-    if len(test) == 0:
-        raise ValueError("verify_ownership needs a non-empty labelled test set: accuracy on "
-                         "no samples says nothing about ownership")
+    if len(test) < MIN_TEST_SIZE:
+        raise ValueError(f"verify_ownership needs a labelled test set of at least {MIN_TEST_SIZE} "
+                         f"samples to compare the branches, got {len(test)}")
     stats = vault.data_stats or {}
     mean = stats.get("mean") if mean is None else mean
     std = stats.get("std") if std is None else std
     protected = vault.attach(suspect).to(device)
-    acc0, acc1 = evaluate(protected, test, mean, std, "both", batch_size, device)
+    correct0, correct1 = correct_predictions(protected, test, mean, std, batch_size)
+    acc0, acc1 = float(correct0.float().mean()), float(correct1.float().mean())
+    n_classes = int(vault.arch.get("num_classes", 10))
+    accuracy_test = paired_accuracy_test(
+        correct0, correct1, n_classes, (thresholds or Thresholds()).max_accuracy_drop, seed=seed)
     det = signature_detection(protected)
+    null = None
+    if n_null:
+        null = random_passport_null(protected, vault.signature, n_null, seed).summary(
+            det["matches"])
     trig_acc = trig_p = None
     trigger = trigger_data(vault)
     if trigger is not None:
         trig_acc = evaluate(protected, trigger, mean, std, 0, batch_size, device)
         k = int(round(trig_acc * len(trigger)))
-        n_classes = int(vault.arch.get("num_classes", 10))
         trig_p = binomial_tail(k, len(trigger), 1 / n_classes)
     forged = (
         forged_passport_trials(protected, test, mean, std, n_forged, seed, device, batch_size)
@@ -325,4 +406,6 @@ def verify_ownership(
         trigger_log10_p=trig_p,
         forged=forged,
         thresholds=thresholds or Thresholds(),
+        null=null,
+        accuracy_test=accuracy_test,
     )

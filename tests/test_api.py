@@ -196,7 +196,7 @@ def test_verify_ownership_refuses_an_empty_test_set(trained_pan):
     vault, splits = trained_pan["vault"], trained_pan["splits"]
     empty = splits.test.subset(torch.zeros(0, dtype=torch.long))
     assert len(empty) == 0
-    with pytest.raises(ValueError, match="non-empty"):
+    with pytest.raises(ValueError, match="at least 100 samples"):
         pnorm.verify_ownership(pnorm.export_public(trained_pan["model"]), vault, empty)
 
 
@@ -222,7 +222,7 @@ def test_presets_set_the_same_fields_and_differ_in_every_switch():
 
 
 def test_the_owner_path_through_import_pnorm_alone(tmp_path):
-    splits = pnorm.synthetic_splits(n_train=64, n_val=32, n_test=32, seed=0)
+    splits = pnorm.synthetic_splits(n_train=64, n_val=32, n_test=128, seed=0)
     trigger = pnorm.abstract_trigger_set(8, num_classes=10, seed=1)
     model = pnorm.AlexNetCIFAR(num_classes=10, width=0.125, scheme="pan",
                                passport_layers=["conv3", "conv4", "conv5"])

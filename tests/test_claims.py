@@ -100,3 +100,40 @@ def test_commitment_rejects_a_vault_made_after_the_release(trained_pan):
     assert not ok and "after" in why
     with pytest.raises(ValueError, match="public_sha256"):
         commit(Vault(arch={}, layers=vault.layers), 1.0)
+
+
+def test_the_decision_flips_when_the_passport_branch_is_broken(trained_pan):
+    from pnorm.images import ImageData
+    from pnorm.verify import verify_ownership
+
+    model, vault, splits = trained_pan["model"], trained_pan["vault"], trained_pan["splits"]
+    public = export_public(model)
+    report = verify_ownership(public, vault, splits.test, n_null=99)
+    assert report.verified and report.verdict == "ownership verified", report.rows()
+    assert report.null["empirical p"] == pytest.approx(1 / 100)
+    broken = copy.deepcopy(vault)
+    for entry in broken.layers.values():  # the passports of someone else: signs scrambled
+        for key in ("passport_gamma", "passport_beta"):
+            p = entry["tensors"][key]
+            entry["tensors"][key] = torch.rand(p.shape, generator=torch.Generator().manual_seed(
+                p.numel())) * 2 - 1
+    assert not verify_ownership(public, broken, splits.test, n_null=99).verified
+    # Random-noise inputs: the deployed branch is at chance, so accuracy says nothing.
+    g = torch.Generator().manual_seed(0)
+    noise = ImageData(torch.randint(0, 256, (200, 3, 32, 32), dtype=torch.uint8, generator=g),
+                      torch.randint(0, 10, (200,), generator=g))
+    at_chance = verify_ownership(public, vault, noise, n_null=99)
+    assert not at_chance.accuracy_applicable and at_chance.verdict == "inconclusive"
+    assert not at_chance.verified
+
+
+def test_error_rate_upper_bound():
+    from pnorm.claims import error_rate_upper95
+
+    assert error_rate_upper95(0, 20) == pytest.approx(1 - 0.05 ** (1 / 20), abs=1e-9)
+    assert error_rate_upper95(0, 100) < error_rate_upper95(0, 20)
+    assert 0.01 < error_rate_upper95(1, 20) < 0.3  # Clopper-Pearson: 0.2161
+    assert error_rate_upper95(1, 20) == pytest.approx(0.2161, abs=1e-3)
+    assert error_rate_upper95(5, 5) == 1.0
+    with pytest.raises(ValueError):
+        error_rate_upper95(3, 2)

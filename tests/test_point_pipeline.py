@@ -27,7 +27,7 @@ POINTS = 64
 CFG = TrainConfig(recipe=Recipe(epochs=3, batch_size=16, optimizer="adam", lr=0.003,
                                 weight_decay=1e-4, milestones=(2 / 3,), lr_gamma=0.5),
                   triggers_per_batch=4, select="last", eval_batch_size=64)
-SCALE = PointScale(width=1 / 16, n_points=POINTS, n_train=96, n_val=32, n_test=64,
+SCALE = PointScale(width=1 / 16, n_points=POINTS, n_train=96, n_val=32, n_test=128,
                    train=Recipe(epochs=4, batch_size=16, optimizer="adam", lr=0.003,
                                 weight_decay=1e-4, milestones=(3 / 4,), lr_gamma=0.5),
                    n_triggers=12, triggers_per_batch=4,

@@ -164,8 +164,8 @@ def test_an_innocent_model_is_not_claimed(matched_model):
     vault = Vault.from_model(matched_model)
     innocent = export_public(AlexNetCIFAR(width=WIDTH, scheme="pan", seed=99))
     g = _gen(1)
-    data = ImageData(torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=g),
-                     torch.randint(0, 10, (40,), generator=g))
+    data = ImageData(torch.randint(0, 256, (120, 3, 32, 32), dtype=torch.uint8, generator=g),
+                     torch.randint(0, 10, (120,), generator=g))
     report = verify_ownership(innocent, vault, data, (0.5,) * 3, (0.25,) * 3)
     assert 0.3 < report.detection["pooled"] < 0.7
     assert report.log10_p > -3
@@ -239,7 +239,7 @@ def test_report_rows_and_dict(trained):
     sig_row = next(r for r in rows if r["quantity"].startswith("signature detection"))
     assert f"{report.detection['matches']}/{report.detection['bits']} bits" in sig_row["value"]
     acc_row = next(r for r in rows if r["quantity"].startswith("passport accuracy"))
-    assert acc_row["passed"] is report.accuracy_ok and "20%" in acc_row["test"]
+    assert acc_row["passed"] is report.accuracy_ok and "−20 points" in acc_row["test"]
     d = report.to_dict()
     assert d["verified"] is True and d["signature_ok"] is True
     assert d["branch1_accuracy"] == report.branch1_accuracy

@@ -2,6 +2,7 @@
 
 ``PNORM_PROFILE`` picks one (default: ``gpu`` when CUDA is present, else ``cpu``);
 ``PNORM_DATA=synthetic|real`` and ``PNORM_DEVICE`` override its data and device.
+``chapter_minutes`` estimates each chapter's time for a profile before a reader starts.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import torch
 
 from .recipes import Recipe
 
-__all__ = ["PROFILES", "PointScale", "Profile", "cache_dir", "get_profile", "profile_dict"]
+__all__ = ["ASSUMED_GPU_SPEEDUP", "CHAPTERS", "PROFILES", "PointScale", "Profile", "cache_dir",
+           "chapter_minutes", "estimate_line", "estimate_table", "get_profile", "profile_dict"]
 
 
 # The budgets' common parts: the forger optimises with Adam at a constant 0.01 (the original:
@@ -228,3 +230,111 @@ def cache_dir() -> Path:
 def profile_dict(profile: Profile) -> dict:
     """The profile as a plain dict (for cache keys and result records)."""
     return {f.name: getattr(profile, f.name) for f in fields(profile)}
+
+
+# ------------------------------------------------------------------ minutes per chapter
+# A chapter's work is counted in training steps of one image (or cloud): epochs × training images
+# of every model it trains (×2 for the two-branch PAN and DeepIPR-style models), its attacks'
+# optimisation budgets, and its evaluation sweeps at a third of a step (forward only; the
+# per-epoch evaluations are left out); network cost scales with width² (PointNet's also with the
+# points per cloud). NO GPU FIGURE HAS BEEN MEASURED: work is converted with the 2-core CPU
+# throughputs below and, on CUDA profiles, multiplied by ASSUMED_GPU_SPEEDUP, an assumption to
+# replace with a figure measured by scripts/gpu_check.sh.
+
+# Approximate training throughputs on the 2-core CPUs this book was developed on:
+CPU_ALEXNET_IMAGES_PER_S = 120.0  # AlexNet-CIFAR, full width, plain
+CPU_POINTNET_CLOUDS_PER_S = 16.0  # PointNet, full width, 1,024 points, plain
+TWO_BRANCH_COST = 2.0  # a PAN (or DeepIPR-style) step ÷ a plain step, passports everywhere
+EVAL_COST = 1 / 3  # a forward pass ÷ a training step
+ASSUMED_GPU_SPEEDUP = 50.0  # ASSUMPTION (a GPU = 50× a 2-core CPU), not a measurement
+CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000  # CIFAR-10 and CIFAR-100 alike
+MODELNET_TRAIN, MODELNET_TEST = 9_843, 2_468
+REAL_OBJECTS_TRAIN = 4_000  # chapter 7's synthetic fine-tuning target on real-data profiles
+
+# The models each chapter loads; in book order the first chapter that needs one trains it.
+CHAPTERS: dict[str, tuple[str, ...]] = {
+    "01-anatomy": ("pan",), "02-training": ("plain", "deepipr", "pan"),
+    "03-verification": ("pan", "plain"), "04-fine-tuning": ("pan", "deepipr"),
+    "05-pruning": ("pan", "deepipr"), "06-ambiguity": ("pan", "deepipr"),
+    "07-point-clouds": ("points-plain", "points-pan"), "08-beyond-the-paper": ("pan",),
+    "09-summary": (),
+}
+
+
+def _chapter_work(p: Profile) -> tuple[dict[str, float], dict[str, float]]:
+    """(steps to train each model, steps of each chapter's attacks and evaluations), in steps of
+    one image through a full-width AlexNet (PointNet's converted by the throughput ratio)."""
+    real, ps = p.data == "real", p.points
+    n, t = (CIFAR_TRAIN - p.n_val, CIFAR_TEST) if real else (p.n_train, p.n_test)
+    pn, pt = (MODELNET_TRAIN - ps.n_val, MODELNET_TEST) if real else (ps.n_train, ps.n_test)
+    img = p.width ** 2
+    cloud = (ps.width ** 2 * ps.n_points / 1024
+             * CPU_ALEXNET_IMAGES_PER_S / CPU_POINTNET_CLOUDS_PER_S)
+    train = p.train.epochs * n * (1 + p.triggers_per_batch / p.train.batch_size) * img
+    train3d = ps.train.epochs * pn * (1 + ps.triggers_per_batch / ps.train.batch_size) * cloud
+    models = {"plain": train, "deepipr": TWO_BRANCH_COST * train, "pan": TWO_BRANCH_COST * train,
+              "points-plain": train3d, "points-pan": TWO_BRANCH_COST * train3d}
+    forge = p.forge.epochs * p.forge_data_fraction * n * img
+    attacks = {
+        "03-verification": p.n_forged * t * EVAL_COST * img,  # the forged passports
+        "04-fine-tuning": (2 * p.finetune.epochs + 1) * n * img,  # PAN, DeepIPR, 1 faithful
+        "05-pruning": 3 * 11 * 2 * t * EVAL_COST * img,  # 3 sweeps × 11 ratios × 2 branches
+        "06-ambiguity": (2 + 11) * forge,  # Attack I on two models, Attack II at 11 flips
+        "07-point-clouds": cloud * (
+            ps.finetune.epochs * (REAL_OBJECTS_TRAIN if real else ps.n_train)
+            + 2 * ps.forge.epochs * ps.forge_data_fraction * pn
+            + (2 * 11 + p.n_forged) * pt * EVAL_COST),
+        "08-beyond-the-paper": img * (  # ERB: 3 kinds × each fraction + CERB from γ0
+            p.erb.epochs * n * (3 * sum(p.erb_fractions) + max(p.erb_fractions))
+            + 2 * p.n_permutations * t * EVAL_COST),
+    }
+    return models, attacks
+
+
+def chapter_minutes(profile: Profile, alone: bool = False,
+                    speedup: float | None = None) -> dict[str, float]:
+    """ESTIMATED minutes per chapter for ``profile`` (not measured; see the comment above).
+
+    In book order (default) a model is trained by the first chapter that loads it; ``alone=True``
+    counts every model a chapter loads (an empty cache). ``speedup`` multiplies the 2-core CPU
+    throughputs: by default ``ASSUMED_GPU_SPEEDUP`` on a CUDA profile, else 1.
+    """
+    if speedup is None:
+        speedup = ASSUMED_GPU_SPEEDUP if profile.device.startswith("cuda") else 1.0
+    models, attacks = _chapter_work(profile)
+    seen: set[str] = set()
+    minutes = {}
+    for chapter, needs in CHAPTERS.items():
+        steps = sum(models[m] for m in needs if alone or m not in seen)
+        seen.update(needs)
+        minutes[chapter] = (steps + attacks.get(chapter, 0.0)) / (
+            CPU_ALEXNET_IMAGES_PER_S * speedup) / 60
+    return minutes
+
+
+def _minutes(m: float) -> str:
+    return f"{m:.0f}" if m >= 10 else f"{m:.1f}"
+
+
+def _basis(p: Profile) -> str:
+    return (f"GPU assumed {ASSUMED_GPU_SPEEDUP:g}× a 2-core CPU, not measured"
+            if p.device.startswith("cuda") else "2-core CPU")
+
+
+def estimate_line(chapter: str, profile: str = "gpu") -> str:
+    """One line for a chapter's setup cell: ``profile``'s estimated minutes for ``chapter``."""
+    p = PROFILES[profile]
+    in_order, alone = chapter_minutes(p)[chapter], chapter_minutes(p, alone=True)[chapter]
+    return (f"{profile} profile: ~{_minutes(in_order)} min after the earlier chapters, "
+            f"~{_minutes(alone)} min alone (estimate: {_basis(p)})")
+
+
+def estimate_table(profile: str = "gpu") -> str:
+    """Markdown table of estimated minutes per chapter (``book/reproduce.md`` shows ``gpu``'s)."""
+    p = PROFILES[profile]
+    in_order, alone = chapter_minutes(p), chapter_minutes(p, alone=True)
+    return "\n".join([
+        f"| chapter (`{profile}` profile; {_basis(p)}) | estimated minutes, in book order | "
+        "estimated minutes, alone |", "|---|---|---|",
+        *(f"| {ch} | {_minutes(in_order[ch])} | {_minutes(alone[ch])} |" for ch in CHAPTERS),
+        f"| all chapters | {_minutes(sum(in_order.values()))} | |"])

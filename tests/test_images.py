@@ -6,10 +6,6 @@ Adi et al. PNG folder), since these machines cannot download the datasets.
 
 from __future__ import annotations
 
-import hashlib
-import io
-import pickle
-import struct
 import urllib.error
 from pathlib import Path
 
@@ -17,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF
+from ondisk import cifar_md5_attributes, write_adi, write_cifar10, write_cifar100
 from PIL import Image
 from torchvision import datasets
 from torchvision.datasets import utils as tv_utils
@@ -132,60 +129,19 @@ def test_augment_generator_on_cpu_images_on_cuda() -> None:
 _RNG = np.random.default_rng(0)
 
 
-class _Py2Pickler(pickle._Pickler):
-    """Pickles `bytes` as Python 2 `str`, as in the real CIFAR files (written by Python 2).
-
-    Such strings load as b"data" with encoding="bytes" and as "data" with encoding="latin1",
-    which is what torchvision uses; a plain Python 3 pickle of b"data" would not.
-    """
-
-    dispatch = pickle._Pickler.dispatch.copy()
-
-    def save_py2_str(self, obj: bytes) -> None:
-        n = len(obj)
-        head = pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else (
-            pickle.BINSTRING + struct.pack("<i", n))
-        self.write(head + obj)
-        self.memoize(obj)
-
-    dispatch[bytes] = save_py2_str
-
-
-def _write_pickle(path: Path, obj: dict) -> str:
-    buf = io.BytesIO()
-    _Py2Pickler(buf, protocol=2).dump(obj)
-    path.write_bytes(buf.getvalue())
-    assert pickle.loads(buf.getvalue(), encoding="bytes").keys() == obj.keys()
-    return hashlib.md5(buf.getvalue()).hexdigest()
-
-
 def _tiny_cifar10(root: Path) -> tuple[dict[str, str], np.ndarray, np.ndarray]:
     """Write `cifar-10-batches-py` with 5 train batches of 2 images and a test batch of 3."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
     pixels = _RNG.integers(0, 256, (13, 3072), dtype=np.uint8)
     pixels[0, 1 * 1024 + 2 * 32 + 3] = 200  # image 0, channel G, row 2, column 3
     labels = _RNG.integers(0, 10, 13)
-    md5 = {}
-    for k in range(5):
-        md5[f"data_batch_{k + 1}"] = _write_pickle(folder / f"data_batch_{k + 1}", {
-            b"batch_label": b"training batch", b"data": pixels[2 * k:2 * k + 2],
-            b"labels": labels[2 * k:2 * k + 2].tolist(), b"filenames": [b"a.png", b"b.png"]})
-    md5["test_batch"] = _write_pickle(folder / "test_batch", {
-        b"data": pixels[10:], b"labels": labels[10:].tolist()})
-    names = ["airplane", "automobile", "bird", "cat", "deer",
-             "dog", "frog", "horse", "ship", "truck"]
-    md5["batches.meta"] = _write_pickle(folder / "batches.meta", {
-        b"label_names": [n.encode() for n in names], b"num_cases_per_batch": 2})
-    return md5, pixels, labels
+    return write_cifar10(root, pixels, labels, n_test=3), pixels, labels
 
 
 def _patch_md5(monkeypatch: pytest.MonkeyPatch, cls: type, md5: dict[str, str]) -> None:
     # torchvision compares each file's md5 with the sums hard-coded on the class (train_list,
     # test_list, meta["md5"]): point them at our tiny files, which is exactly what it checks.
-    monkeypatch.setattr(cls, "train_list", [[f, md5[f]] for f, _ in cls.train_list])
-    monkeypatch.setattr(cls, "test_list", [[f, md5[f]] for f, _ in cls.test_list])
-    monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": md5[cls.meta["filename"]]})
+    for name, value in cifar_md5_attributes(cls, md5).items():
+        monkeypatch.setattr(cls, name, value)
 
 
 def test_load_cifar10_tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -215,17 +171,9 @@ def test_load_cifar10_tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_load_cifar100_tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    folder = tmp_path / "cifar-100-python"
-    folder.mkdir()
     pixels = _RNG.integers(0, 256, (6, 3072), dtype=np.uint8)
     fine = [5, 99, 0, 42, 7, 63]
-    md5 = {"train": _write_pickle(folder / "train", {
-        b"data": pixels[:4], b"fine_labels": fine[:4], b"coarse_labels": [0] * 4}),
-        "test": _write_pickle(folder / "test", {
-            b"data": pixels[4:], b"fine_labels": fine[4:], b"coarse_labels": [0] * 2}),
-        "meta": _write_pickle(folder / "meta", {
-            b"fine_label_names": [f"class{i}".encode() for i in range(100)],
-            b"coarse_label_names": [b"x"] * 20})}
+    md5 = write_cifar100(tmp_path, pixels, fine, n_test=2)
     _patch_md5(monkeypatch, datasets.CIFAR100, md5)
     sp = load_cifar(tmp_path, "cifar100", n_val=1)
     assert sp.num_classes == 100 and sp.train.classes[99] == "class99"
@@ -273,13 +221,11 @@ def test_load_cifar_download_skipped_when_present(tmp_path: Path,
 
 def _tiny_adi(root: Path, n: int = 12) -> list[int]:
     """Write pics/1.png … n.png (40 wide, 36 high; R encodes the number) + labels-cifar.txt."""
-    (root / "pics").mkdir(parents=True)
     rows, cols = np.meshgrid(np.arange(36), np.arange(40), indexing="ij")
-    for k in range(1, n + 1):
-        arr = np.stack([np.full((36, 40), 10 * k), rows, cols], -1).astype(np.uint8)
-        Image.fromarray(arr).save(root / "pics" / f"{k}.png")
+    pics = [np.stack([np.full((36, 40), 10 * k), rows, cols], -1).astype(np.uint8)
+            for k in range(1, n + 1)]
     labels = [(7 * k) % 10 for k in range(1, n + 1)]
-    (root / "labels-cifar.txt").write_text("\n".join(map(str, labels)) + "\n")
+    write_adi(root, pics, labels, suffix=".png")
     return labels
 
 

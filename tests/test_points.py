@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from ondisk import write_modelnet
 
 from pnorm import points
 from pnorm.fileio import DataNotFoundError
@@ -42,23 +43,15 @@ def _cloud(shape_id: str) -> torch.Tensor:
 
 def _write_modelnet(root: Path, short: str | None = None) -> Path:
     """A tiny dataset in the modelnet40_normal_resampled layout; returns its folder."""
-    folder = root / MODELNET40_FOLDER
-    folder.mkdir(parents=True)
-    (folder / "modelnet40_shape_names.txt").write_text("\n".join(CLASSES) + "\n")
-    index = 1
+    ids, index = {}, 1
     for split, counts in (("train", TRAIN), ("test", TEST)):
-        ids = []
+        ids[split] = []
         for cls, k in counts.items():
-            (folder / cls).mkdir(exist_ok=True)
             for _ in range(k):
-                shape_id = f"{cls}_{index:04d}"
-                rows = _cloud(shape_id)[: 5 if shape_id == short else ROWS]
-                lines = [",".join(f"{v:.6f}" for v in r.tolist()) for r in rows]
-                (folder / cls / f"{shape_id}.txt").write_text("\n".join(lines) + "\n")
-                ids.append(shape_id)
+                ids[split].append(f"{cls}_{index:04d}")
                 index += 1
-        (folder / f"modelnet40_{split}.txt").write_text("\n".join(ids) + "\n")
-    return folder
+    return write_modelnet(root, CLASSES, ids,
+                          lambda shape_id: _cloud(shape_id)[: 5 if shape_id == short else ROWS])
 
 
 def _expected(shape_id: str, n: int) -> torch.Tensor:

@@ -1,14 +1,26 @@
 """Profiles: PNORM_PROFILE / PNORM_DATA / PNORM_DEVICE selection and errors, and PNORM_CACHE."""
 
 import os
-from dataclasses import FrozenInstanceError
+from dataclasses import FrozenInstanceError, replace
 from pathlib import Path
 
 import pytest
 import torch
 
 import pnorm.profiles
-from pnorm.profiles import PROFILES, cache_dir, get_profile, profile_dict
+from pnorm.profile_data import _REAL_OBJECTS_SIZE
+from pnorm.profiles import (
+    ASSUMED_GPU_SPEEDUP,
+    CHAPTERS,
+    PROFILES,
+    REAL_OBJECTS_TRAIN,
+    cache_dir,
+    chapter_minutes,
+    estimate_line,
+    estimate_table,
+    get_profile,
+    profile_dict,
+)
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 
@@ -171,3 +183,57 @@ def test_point_scales_follow_the_3d_recipe_and_shrink_for_the_cpu():
     assert smoke.n_train < cpu.n_train and smoke.train.epochs < cpu.train.epochs
     assert smoke.n_points <= cpu.n_points < paper.n_points
     assert "p3" not in cpu.passport_layers and "PointNet" in cpu.describe()
+
+
+# ------------------------------------------------------------------ minutes per chapter
+
+
+def test_chapter_minutes_cover_every_chapter_and_say_they_are_estimates():
+    chapters = {p.stem for p in (Path(__file__).resolve().parent.parent / "notebooks").glob(
+        "*.ipynb")}
+    gpu = PROFILES["gpu"]
+    in_order, alone = chapter_minutes(gpu), chapter_minutes(gpu, alone=True)
+    assert set(in_order) == set(alone) == set(CHAPTERS) == chapters
+    assert all(alone[c] >= in_order[c] >= 0 for c in chapters)
+    assert in_order["02-training"] > 0 and in_order["09-summary"] == 0
+    # the GPU figure is the CPU figure times the assumed factor, which every output names
+    cpu_rate = chapter_minutes(gpu, speedup=1.0)
+    assert cpu_rate["02-training"] == pytest.approx(ASSUMED_GPU_SPEEDUP * in_order["02-training"])
+    for text in (estimate_line("04-fine-tuning"), estimate_table("gpu")):
+        assert "assumed" in text and "not measured" in text and "50×" in text
+    assert "\n" not in estimate_line("04-fine-tuning")
+    assert all(c in estimate_table("gpu") for c in chapters)
+    assert "assumed" not in estimate_line("02-training", "cpu")  # CPU profiles: no factor
+
+
+def test_chapter_minutes_grow_with_the_epochs():
+    gpu = PROFILES["gpu"]
+    base = chapter_minutes(gpu, alone=True)
+    longer = replace(gpu, train=replace(gpu.train, epochs=2 * gpu.train.epochs),
+                     finetune=replace(gpu.finetune, epochs=gpu.finetune.epochs + 1),
+                     forge=replace(gpu.forge, epochs=gpu.forge.epochs + 1),
+                     erb=replace(gpu.erb, epochs=gpu.erb.epochs + 1),
+                     points=replace(gpu.points, train=replace(gpu.points.train, epochs=60)))
+    more = chapter_minutes(longer, alone=True)
+    assert all(more[c] >= base[c] for c in base)
+    for chapter in ("01-anatomy", "02-training", "04-fine-tuning", "06-ambiguity",
+                    "07-point-clouds", "08-beyond-the-paper"):
+        assert more[chapter] > base[chapter], chapter
+    # twice the owner's epochs: twice the training time of the chapter that only trains PAN
+    doubled = replace(gpu, train=replace(gpu.train, epochs=2 * gpu.train.epochs))
+    assert chapter_minutes(doubled)["01-anatomy"] == pytest.approx(2 * base["01-anatomy"])
+
+
+def test_chapter_minutes_use_the_sizes_the_chapters_use():
+    assert REAL_OBJECTS_TRAIN == _REAL_OBJECTS_SIZE[0]
+    smoke, cpu = PROFILES["smoke"], PROFILES["cpu"]
+    assert sum(chapter_minutes(smoke).values()) < sum(chapter_minutes(cpu).values())
+    real = chapter_minutes(replace(cpu, data="real"))  # 45,000 CIFAR images instead of 5,000
+    assert real["02-training"] > 5 * chapter_minutes(cpu)["02-training"]
+
+
+def test_reproduce_page_shows_the_current_estimates():
+    page = Path(__file__).resolve().parent.parent / "book" / "reproduce.md"
+    assert estimate_table("gpu") in page.read_text(encoding="utf-8"), (
+        "book/reproduce.md's table of minutes per chapter is out of date: paste the output of "
+        "`python -c \"from pnorm.profiles import estimate_table; print(estimate_table('gpu'))\"`")

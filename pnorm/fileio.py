@@ -37,7 +37,7 @@ _PKG_DIR = Path(__file__).resolve().parent
 # profile's training knobs enter the cache key as values). Every other module is fingerprinted.
 _NOT_TRAINING = frozenset({"__init__.py", "attacks.py", "erb.py", "forgery.py",
                            "neuron_transforms.py", "plots.py", "profiles.py", "results.py",
-                           "widgets.py"})
+                           "timing.py", "widgets.py"})
 
 
 class DataNotFoundError(FileNotFoundError):

@@ -8,22 +8,19 @@ and by the book build in ``test_book.py``.
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
 import nbformat
 import pytest
 import yaml
-from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+from nbrun import execute_or_fail
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NB_DIR = REPO_ROOT / "notebooks"
 NOTEBOOKS = sorted(NB_DIR.glob("*.ipynb"))
 CELL_TIMEOUT_S = 600
 KERNEL_NAME = "python3"
-ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def _toc_files() -> list[str]:
@@ -92,24 +89,8 @@ def test_notebook_uses_python3_kernel(path: Path) -> None:
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_in_smoke_profile(path: Path, pnorm_cache_dir: Path) -> None:
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(
-        nb,
-        timeout=CELL_TIMEOUT_S,
-        kernel_name=KERNEL_NAME,
-        resources={"metadata": {"path": str(NB_DIR)}},
-    )
     start = time.perf_counter()
-    failure = None
-    try:
-        client.execute()
-    except CellExecutionError as exc:
-        failure = f"a cell raised\n{exc}"
-    except CellTimeoutError as exc:
-        failure = f"a cell ran longer than {CELL_TIMEOUT_S} s\n{exc}"
-    except DeadKernelError as exc:
-        failure = f"the kernel died (out of memory?)\n{exc}"
-    if failure is not None:  # outside the except block: one clean traceback, no chained ones
-        pytest.fail(f"{path.name}: {ANSI_RE.sub('', failure)}", pytrace=False)
+    execute_or_fail(nb, path.name, CELL_TIMEOUT_S, KERNEL_NAME)
     print(
         f"\n[test_notebooks] {path.name} ran in {time.perf_counter() - start:.1f} s "
         f"(PNORM_CACHE={pnorm_cache_dir})"

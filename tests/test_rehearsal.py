@@ -16,15 +16,13 @@ Select with ``-k rehearsal`` (or ``-m rehearsal``); about 2-4 minutes on 2 cores
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
 import nbformat
 import numpy as np
 import pytest
-from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+from nbrun import execute_or_fail
 from ondisk import (
     cifar_md5_attributes,
     write_adi,
@@ -43,7 +41,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 NB_DIR = REPO_ROOT / "notebooks"
 NOTEBOOKS = sorted(NB_DIR.glob("*.ipynb"))
 CELL_TIMEOUT_S = 300
-ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 # Sizes for the smoke profile (n_val 256 images / 128 clouds, batches of 64 / 32, 64 points).
 CIFAR10_TRAIN, CIFAR10_TEST = 640, 320  # 5 batches of 128; 384 train + 256 val after the split
@@ -169,21 +166,8 @@ def test_rehearsal_chapter_runs_on_real_layouts(path: Path, rehearsal_env: dict)
     if path.stem.startswith("09") and not {p.stem for p in NOTEBOOKS[:-1]} <= rehearsal_env["ran"]:
         pytest.skip("the summary needs the other chapters' records from this rehearsal")
     nb.cells.insert(0, nbformat.v4.new_code_cell(rehearsal_env["setup"]))
-    client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
-                            resources={"metadata": {"path": str(NB_DIR)}})
     start = time.perf_counter()
-    failure = None
-    try:
-        client.execute()
-    except CellExecutionError as exc:
-        failure = f"a cell raised\n{exc}"
-    except CellTimeoutError as exc:
-        failure = f"a cell ran longer than {CELL_TIMEOUT_S} s\n{exc}"
-    except DeadKernelError as exc:
-        failure = f"the kernel died\n{exc}"
-    if failure is not None:
-        pytest.fail(f"{path.name} (smoke profile, real data): {ANSI.sub('', failure)}",
-                    pytrace=False)
+    execute_or_fail(nb, f"{path.name} (smoke profile, real data)", CELL_TIMEOUT_S)
     assert _has_image(nb), f"{path.name} produced no figure (no image/png output) on real data"
     first = next(c for c in nb.cells[1:] if c.cell_type == "code")  # the chapter's setup cell
     setup = "".join(o.get("text", "") for o in first.outputs)

@@ -24,8 +24,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError
+from nbrun import execute_or_fail
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHAPTER = REPO_ROOT / "notebooks" / "01-anatomy.ipynb"
@@ -101,12 +100,7 @@ def test_wheel_runs_chapter_one_outside_the_repository(
         "assert _where.is_relative_to(_env), f'pnorm imported from {_where}, not the wheel'",
         "assert not _where.is_relative_to(_repo) and not pathlib.Path.cwd().is_relative_to(_repo)",
         "print('pnorm from', _where)"])))
-    client = NotebookClient(nb, timeout=600, kernel_name="pnorm-wheel",
-                            resources={"metadata": {"path": str(work)}})
-    try:
-        client.execute()
-    except CellExecutionError as exc:
-        pytest.fail(f"{CHAPTER.name} from the wheel: a cell raised\n{exc}", pytrace=False)
+    execute_or_fail(nb, f"{CHAPTER.name} from the wheel", 600, "pnorm-wheel", work)
     where = "".join(o.get("text", "") for o in nb.cells[0].outputs)
     assert str(env.resolve()) in where
     assert any("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code"

@@ -21,6 +21,7 @@ from .batches import Data, trigger_data
 from .images import ImageSplits
 from .layers import ConvNormAct, PassportAwareNorm
 from .points import PointSplits
+from .profiles import show_progress
 from .recipes import Preset, Recipe, get_preset
 from .training import TrainConfig, train
 from .vault import Vault
@@ -263,7 +264,7 @@ def pruning_sweep(
     target = protected if get_preset(preset).prune_target == "protected" else public
     trigger = trigger_data(vault)
     records = []
-    for ratio in tqdm(ratios, desc=f"pruning ({preset})", disable=not progress):
+    for ratio in tqdm(ratios, desc=f"pruning ({preset})", disable=not show_progress(progress)):
         pruned, info = prune_model(target, ratio, preset)
         model = (pruned if target is protected else vault.attach(pruned)).to(device)
         acc0, acc1 = evaluate(model, test, mean, std, "both", batch_size, device)

@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from .batches import Data, augment_batch, model_inputs, raw_inputs
 from .layers import ConvNormAct, channel_view, make_norm
+from .profiles import show_progress
 from .recipes import Recipe, flat_fields, make_optimizer
 from .rng import derive_seed
 from .units import replace_module
@@ -295,7 +296,8 @@ def erb_forgery(public: nn.Module, vault: Vault, attacker_data: Data, test: Data
         return {"epoch": epoch, **flags, **r, "accuracy_drop": deployed - r["accuracy"]}
 
     records = [record(0)]
-    for epoch in tqdm(range(1, config.recipe.epochs + 1), desc=desc, disable=not progress):
+    epochs = range(1, config.recipe.epochs + 1)
+    for epoch in tqdm(epochs, desc=desc, disable=not show_progress(progress)):
         for group in opt.param_groups:
             group["lr"] = lrs[epoch - 1]
         _train_epoch(model, opt, images, labels, mean, std, config, g)
@@ -321,7 +323,7 @@ def erb_sweep(public: nn.Module, vault: Vault, attacker_data: Data, test: Data,
     runs = [(k, f) for k in kinds for f in fractions]
     deployed = evaluate(public, test, mean, std, 0, eval_batch_size, device)
     out = []
-    for kind, fraction in tqdm(runs, desc="ERB sweep", disable=not progress):
+    for kind, fraction in tqdm(runs, desc="ERB sweep", disable=not show_progress(progress)):
         cfg = replace(config, kind=kind, data_fraction=fraction)
         _, records = erb_forgery(public, vault, attacker_data, test, mean, std, cfg, device,
                                  progress=False, every_epoch=False,

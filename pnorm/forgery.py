@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from .batches import Data, augment_batch, model_inputs, raw_inputs
 from .claims import MIN_TEST_SIZE, paired_accuracy_test, random_passport_null
+from .profiles import show_progress
 from .recipes import Recipe, flat_fields, make_optimizer
 from .units import passport_layers
 from .vault import Vault
@@ -348,7 +349,7 @@ def forge_passports(
     records = [{"epoch": 0, **flags, **_measure(model, vault, true, test, mean, std, device,
                                                  eval_batch_size)}]
     bs = min(recipe.batch_size, n)
-    for epoch in tqdm(range(1, recipe.epochs + 1), desc=desc, disable=not progress):
+    for epoch in tqdm(range(1, recipe.epochs + 1), desc=desc, disable=not show_progress(progress)):
         for group in opt.param_groups:
             group["lr"] = lrs[epoch - 1]
         _set_mode(model, threat)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .fileio import DataNotFoundError, fetch
+from .profiles import show_progress
 
 __all__ = [
     "ADI_RAW_URL",
@@ -260,7 +261,8 @@ def download_adi_trigger_set(folder: str | Path, base_url: str = ADI_RAW_URL,
     shutil.rmtree(part, ignore_errors=True)
     (part / "pics").mkdir(parents=True)
     names = ["labels-cifar.txt"] + [f"pics/{i}.jpg" for i in range(1, n_images + 1)]
-    for name in tqdm(names, desc="downloading the Adi et al. trigger set", disable=not progress):
+    for name in tqdm(names, desc="downloading the Adi et al. trigger set",
+                     disable=not show_progress(progress)):
         try:
             fetch(f"{base_url}/{name}", part / name)
         except Exception as err:  # URLError, HTTPError, TimeoutError, OSError, …

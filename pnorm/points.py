@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .fileio import DataNotFoundError, atomic_torch_save, fetch, sha256_file, tensor_digest
+from .profiles import show_progress
 from .rng import derive_seed, one_thread
 
 __all__ = [
@@ -247,8 +248,8 @@ def _modelnet_split(folder: Path, split: str, classes: list[str], n_points: int,
         points = cached[0]
     else:
         clouds = []
-        for shape_id in tqdm(ids, desc=f"reading ModelNet40 {split}", disable=not progress,
-                             leave=False):
+        for shape_id in tqdm(ids, desc=f"reading ModelNet40 {split}",
+                             disable=not show_progress(progress), leave=False):
             file = folder / shape_id.rsplit("_", 1)[0] / f"{shape_id}.txt"
             if not file.is_file():
                 raise DataNotFoundError(f"ModelNet40 is incomplete: {file} is missing. {how}")

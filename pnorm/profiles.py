@@ -17,7 +17,8 @@ import torch
 from .recipes import Recipe
 
 __all__ = ["ASSUMED_GPU_SPEEDUP", "CHAPTERS", "PROFILES", "PointScale", "Profile", "cache_dir",
-           "chapter_minutes", "estimate_line", "estimate_table", "get_profile", "profile_dict"]
+           "chapter_minutes", "estimate_line", "estimate_table", "get_profile", "profile_dict",
+           "show_progress"]
 
 
 # The budgets' common parts: the forger optimises with Adam at a constant 0.01 (the original:
@@ -206,6 +207,15 @@ def _check_device(device: str) -> None:
         raise RuntimeError(f"device {device!r} (PNORM_DEVICE) is not usable: computing 2+2 on it "
                            f"gave {result!r}; set PNORM_DEVICE to a working device such as "
                            f"'cpu' or 'cuda:0'")
+
+
+def show_progress(progress: bool) -> bool:
+    """Whether to draw a progress bar: asked for, and not switched off with ``TQDM_DISABLE=1``.
+
+    The book build sets that variable, so bars help a reader running a chapter but never end
+    up in the published pages.
+    """
+    return bool(progress) and os.environ.get("TQDM_DISABLE", "").lower() not in ("1", "true")
 
 
 def cache_dir() -> Path:

@@ -26,6 +26,7 @@ from .batches import Data, model_inputs, raw_inputs
 from .fileio import atomic_torch_save
 from .images import ImageSplits, crop_flip
 from .points import PointSplits, augment_points
+from .profiles import show_progress
 from .recipes import Recipe, get_preset, make_optimizer
 from .rng import derive_seed
 from .safeguards import (
@@ -397,8 +398,8 @@ def train(
     protected = bool(passport_layers(model))
     epochs = config.recipe.epochs
     lrs = config.recipe.epoch_lrs()
-    bar = tqdm(range(start, epochs), desc=desc, disable=not progress, initial=start,
-               total=epochs)
+    bar = tqdm(range(start, epochs), desc=desc, disable=not show_progress(progress),
+               initial=start, total=epochs)
     for epoch in bar:
         lr = lrs[epoch]
         for group in optimizer.param_groups:

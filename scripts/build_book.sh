@@ -13,6 +13,7 @@ bash scripts/setup.sh
 bash scripts/vendor_js.sh
 
 JB="$ROOT/.venv/bin/jupyter-book"
+export TQDM_DISABLE=1  # progress bars help a reader running a chapter, not the published page
 echo "[build_book] removing the previous build (jupyter-book clean .)"
 "$JB" clean .
 rm -rf "$ROOT/_build/html"   # belt and braces: no stale page may survive

@@ -156,7 +156,9 @@ def built_book(pnorm_cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
         "--path-output",
         str(out_dir),
     ]
-    env = {**os.environ, "PNORM_PROFILE": "smoke", "PNORM_CACHE": str(pnorm_cache_dir)}
+    # as scripts/build_book.sh: no progress bars in the published pages
+    env = {**os.environ, "PNORM_PROFILE": "smoke", "PNORM_CACHE": str(pnorm_cache_dir),
+           "TQDM_DISABLE": "1"}
     start = time.perf_counter()
     with log.open("w", encoding="utf-8") as fh:
         try:
@@ -187,6 +189,14 @@ def test_book_builds_without_execution_errors(built_book: BuiltBook) -> None:
     details = "\n\n".join(f"--- {p}\n{p.read_text(errors='replace')[-3000:]}" for p in reports)
     assert not reports, f"notebook execution failures were reported:\n{details}"
     assert (built_book.html / "index.html").exists()
+
+
+def test_no_progress_bar_is_published(built_book: BuiltBook) -> None:
+    """Progress bars (tqdm's "11/11 [00:10<00:00, 1.09it/s]") belong to a live run, not the book."""
+    bar = re.compile(r"(?:it/s|s/it)\]|\d+%\|")
+    shown = [d for d in DOCNAMES if built_book.page(d).exists()
+             and bar.search(built_book.page(d).read_text(encoding="utf-8", errors="replace"))]
+    assert not shown, f"pages with a progress bar in their outputs: {shown}"
 
 
 def test_every_toc_page_is_built(built_book: BuiltBook) -> None:

@@ -237,3 +237,11 @@ def test_reproduce_page_shows_the_current_estimates():
     assert estimate_table("gpu") in page.read_text(encoding="utf-8"), (
         "book/reproduce.md's table of minutes per chapter is out of date: paste the output of "
         "`python -c \"from pnorm.profiles import estimate_table; print(estimate_table('gpu'))\"`")
+
+
+def test_progress_bars_yield_to_tqdm_disable(monkeypatch):
+    from pnorm.profiles import show_progress
+
+    assert show_progress(True) and not show_progress(False)
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert not show_progress(True)

@@ -27,6 +27,7 @@ __all__ = [
     "AccuracyTest",
     "Commitment",
     "SignatureNull",
+    "binomial_tail",
     "check_commitment",
     "commit",
     "error_rate_upper95",
@@ -66,7 +67,7 @@ class SignatureNull:
         return _log10_normal_tail(z)
 
     def naive_log10_p(self, k: int) -> float:
-        return _log10_binomial_half_tail(k, self.bits)
+        return binomial_tail(k, self.bits)
 
     def summary(self, k: int) -> dict:
         """One table row: the null's spread against independent bits, and the three p-values."""
@@ -89,9 +90,23 @@ def _log10_normal_tail(z: float) -> float:
     return (log_phi - math.log(z) + math.log1p(-1 / z**2 + 3 / z**4)) / math.log(10)
 
 
-def _log10_binomial_half_tail(k: int, n: int) -> float:
-    count = sum(math.comb(n, i) for i in range(k, n + 1))
-    return math.log10(count) - n * math.log10(2)
+def binomial_tail(k: int, n: int, p: float = 0.5) -> float:
+    """log10 P(X >= k) for X ~ Binomial(n, p), exact (big integers for p = 1/2).
+
+    Returned as a log10 because 1,000 matching bits give probabilities far below 1e-308.
+    """
+    if not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    if p == 0.5:
+        count = sum(math.comb(n, i) for i in range(k, n + 1))
+        return math.log10(count) - n * math.log10(2)
+    terms = [
+        math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
+        + i * math.log(p) + (n - i) * math.log1p(-p)
+        for i in range(k, n + 1)
+    ]
+    top = max(terms)
+    return (top + math.log(sum(math.exp(t - top) for t in terms))) / math.log(10)
 
 
 @torch.no_grad()

@@ -376,8 +376,7 @@ def forge_passports(
             last["claimed_matches"])
         last["claimed_empirical_p"] = null["empirical p"]
         last["claimed_fitted_log10_p"] = null["fitted log10 p"]
-        last["signature_ok"] = (null["empirical p"] <= thresholds.max_empirical_p
-                                and null["fitted log10 p"] <= thresholds.max_fitted_log10_p)
+        last["signature_ok"] = thresholds.signature_passes(null)
         if len(test) >= MIN_TEST_SIZE:  # paired test of forged branch 1 against the release
             c0, c1 = correct_predictions(model, test, mean, std, eval_batch_size)
             num_classes = int(vault.arch.get("num_classes", 10))

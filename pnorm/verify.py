@@ -8,7 +8,6 @@ a separate black-box check.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -17,7 +16,13 @@ import torch
 from torch import nn
 
 from .batches import Data, model_inputs, raw_inputs, trigger_data
-from .claims import MIN_TEST_SIZE, AccuracyTest, paired_accuracy_test, random_passport_null
+from .claims import (
+    MIN_TEST_SIZE,
+    AccuracyTest,
+    binomial_tail,
+    paired_accuracy_test,
+    random_passport_null,
+)
 from .passport import random_passports
 from .units import passport_layers
 from .vault import Vault
@@ -33,25 +38,6 @@ __all__ = [
     "swapped_passports",
     "verify_ownership",
 ]
-
-
-def binomial_tail(k: int, n: int, p: float = 0.5) -> float:
-    """log10 P(X >= k) for X ~ Binomial(n, p), exact (big integers for p = 1/2).
-
-    Returned as a log10 because 1,000 matching bits give probabilities far below 1e-308.
-    """
-    if not 0 <= k <= n:
-        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
-    if p == 0.5:
-        count = sum(math.comb(n, i) for i in range(k, n + 1))
-        return math.log10(count) - n * math.log10(2)
-    terms = [
-        math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
-        + i * math.log(p) + (n - i) * math.log1p(-p)
-        for i in range(k, n + 1)
-    ]
-    top = max(terms)
-    return (top + math.log(sum(math.exp(t - top) for t in terms))) / math.log(10)
 
 
 @torch.no_grad()
@@ -203,6 +189,11 @@ class Thresholds:
     max_accuracy_drop: float = 0.05
     min_trigger_accuracy: float = 0.5  # black-box: trigger labels recalled (chance = 1/K)
 
+    def signature_passes(self, null: dict) -> bool:
+        """The calibrated signature test on a null's ``summary`` at the observed count."""
+        return (null["empirical p"] <= self.max_empirical_p
+                and null["fitted log10 p"] <= self.max_fitted_log10_p)
+
 
 @dataclass
 class OwnershipReport:
@@ -229,8 +220,7 @@ class OwnershipReport:
         t = self.thresholds
         if self.null is None:
             return self.log10_p < t.max_log10_p
-        return (self.null["empirical p"] <= t.max_empirical_p
-                and self.null["fitted log10 p"] <= t.max_fitted_log10_p)
+        return t.signature_passes(self.null)
 
     @property
     def accuracy_applicable(self) -> bool:

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from .recipes import Recipe
 
 __all__ = ["ASSUMED_GPU_SPEEDUP", "CHAPTERS", "PROFILES", "PointScale", "Profile", "cache_dir",
            "chapter_minutes", "estimate_line", "estimate_table", "get_profile", "profile_dict",
-           "show_progress"]
+           "progress_bar", "show_progress"]
 
 
 # The budgets' common parts: the forger optimises with Adam at a constant 0.01 (the original:
@@ -216,6 +218,11 @@ def show_progress(progress: bool) -> bool:
     up in the published pages.
     """
     return bool(progress) and os.environ.get("TQDM_DISABLE", "").lower() not in ("1", "true")
+
+
+def progress_bar(iterable: Iterable, desc: str, progress: bool = True) -> Iterable:
+    """A ``tqdm.auto`` bar over ``iterable`` that honours ``show_progress`` (and so the build)."""
+    return tqdm(iterable, desc=desc, disable=not show_progress(progress))
 
 
 def cache_dir() -> Path:

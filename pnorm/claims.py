@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .batches import Data, model_inputs, raw_inputs
-from .passport import passports_from_images, random_passports
+from .passport import passports_from_images, random_passports, signature_detection
 from .units import passport_layers
 from .vault import Vault
 
@@ -109,18 +109,10 @@ def binomial_tail(k: int, n: int, p: float = 0.5) -> float:
     return (top + math.log(sum(math.exp(t - top) for t in terms))) / math.log(10)
 
 
-@torch.no_grad()
 def _matches(model: nn.Module, signature: torch.Tensor,
              passports: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> int:
-    """Channels whose sign(s_gamma) equals the bit, over every passport layer."""
-    total, start = 0, 0
-    for name, layer in passport_layers(model).items():
-        pg, pb = passports[name] if passports and name in passports else (None, None)
-        s_gamma, _ = layer.passport_scales(pg, pb)
-        bits = signature[start : start + layer.channels].to(s_gamma.device)
-        total += int((torch.sign(s_gamma) == bits).sum())
-        start += layer.channels
-    return total
+    """Channels whose sign(s_gamma) equals the claimed bit, over every passport layer."""
+    return signature_detection(model, passports, signature)["matches"]
 
 
 def _null(name: str, protected: nn.Module, signature: torch.Tensor, n: int,

@@ -9,7 +9,7 @@ book/method.md#method-quirks).
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import torch
 from torch import nn
@@ -21,6 +21,7 @@ __all__ = [
     "capacity",
     "key_model",
     "secret_generator",
+    "signature_detection",
     "make_signature",
     "passports_from_images",
     "random_passports",
@@ -183,3 +184,39 @@ def key_model(
         layer.signature.copy_(bits[start : start + layer.channels])
         start += layer.channels
     return bits
+
+
+@torch.no_grad()
+def signature_detection(
+    model: nn.Module,
+    passports: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    signature: torch.Tensor | None = None,
+    layers: Collection[str] | None = None,
+) -> dict:
+    """Signature detection rate: share of channels with sign(s_gamma) equal to the bit.
+
+    Per layer, the mean of per-layer rates (what the original reports) and bit-pooled, with
+    the pooled match count. ``passports``/``signature`` override the layers' own (forgeries);
+    ``layers`` restricts the count to those passport layers (e.g. all but a replaced head).
+    """
+    per_layer, matches, total, start = {}, 0, 0, 0
+    for name, layer in passport_layers(model).items():
+        bits = layer.signature if signature is None else signature[start : start + layer.channels]
+        start += layer.channels
+        if layers is not None and name not in layers:
+            continue
+        pg, pb = passports[name] if passports and name in passports else (None, None)
+        s_gamma, _ = layer.passport_scales(pg, pb)
+        hit = (torch.sign(s_gamma) == bits.to(s_gamma.device)).sum().item()
+        per_layer[name] = hit / layer.channels
+        matches += int(hit)
+        total += layer.channels
+    if not total:
+        raise ValueError("the model has no passport layers: no signature to detect")
+    return {
+        "per_layer": per_layer,
+        "mean_of_layers": sum(per_layer.values()) / len(per_layer),
+        "pooled": matches / total,
+        "matches": matches,
+        "bits": total,
+    }

@@ -8,7 +8,7 @@ a separate black-box check.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
@@ -23,7 +23,7 @@ from .claims import (
     paired_accuracy_test,
     random_passport_null,
 )
-from .passport import random_passports
+from .passport import random_passports, signature_detection
 from .units import passport_layers
 from .vault import Vault
 
@@ -38,42 +38,6 @@ __all__ = [
     "swapped_passports",
     "verify_ownership",
 ]
-
-
-@torch.no_grad()
-def signature_detection(
-    model: nn.Module,
-    passports: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
-    signature: torch.Tensor | None = None,
-    layers: Collection[str] | None = None,
-) -> dict:
-    """Signature detection rate: share of channels with sign(s_gamma) equal to the bit.
-
-    Per layer, the mean of per-layer rates (what the original reports) and bit-pooled, with
-    the pooled match count. ``passports``/``signature`` override the layers' own (forgeries);
-    ``layers`` restricts the count to those passport layers (e.g. all but a replaced head).
-    """
-    per_layer, matches, total, start = {}, 0, 0, 0
-    for name, layer in passport_layers(model).items():
-        bits = layer.signature if signature is None else signature[start : start + layer.channels]
-        start += layer.channels
-        if layers is not None and name not in layers:
-            continue
-        pg, pb = passports[name] if passports and name in passports else (None, None)
-        s_gamma, _ = layer.passport_scales(pg, pb)
-        hit = (torch.sign(s_gamma) == bits.to(s_gamma.device)).sum().item()
-        per_layer[name] = hit / layer.channels
-        matches += int(hit)
-        total += layer.channels
-    if not total:
-        raise ValueError("the model has no passport layers: no signature to detect")
-    return {
-        "per_layer": per_layer,
-        "mean_of_layers": sum(per_layer.values()) / len(per_layer),
-        "pooled": matches / total,
-        "matches": matches,
-        "bits": total,
-    }
 
 
 @contextmanager
@@ -103,7 +67,6 @@ def swapped_passports(
                 layers[name].passport_beta.copy_(pb)
 
 
-@torch.no_grad()
 def evaluate(
     model: nn.Module,
     data: Data,
@@ -121,22 +84,8 @@ def evaluate(
     the device the model's parameters are on (``device`` only for a model without any), so a
     caller's device never disagrees with the model's.
     """
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device(device)
-    was_training = model.training
-    model.eval()
-    try:
-        with swapped_passports(model, passports):
-            correct = torch.zeros(2, dtype=torch.long, device=device)
-            for i in range(0, len(data), batch_size):
-                x = model_inputs(raw_inputs(data)[i : i + batch_size].to(device), mean, std)
-                y = data.labels[i : i + batch_size].to(device)
-                out = model(x, branch)
-                for j, logits in enumerate(out if branch == "both" else (out,)):
-                    correct[j] += (logits.argmax(1) == y).sum()
-            acc = (correct.float() / max(1, len(data))).tolist()
-    finally:
-        model.train(was_training)
+    correct = correct_predictions(model, data, mean, std, batch_size, branch, device, passports)
+    acc = [float(c.float().mean()) if len(c) else 0.0 for c in correct]
     return (acc[0], acc[1]) if branch == "both" else acc[0]
 
 
@@ -320,23 +269,39 @@ class OwnershipReport:
 
 
 @torch.no_grad()
-def correct_predictions(model: nn.Module, data: Data, mean, std, batch_size: int = 500,
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per sample, whether branch 0 and branch 1 of a protected model predicted the label."""
-    device = next(model.parameters()).device
+def correct_predictions(
+    model: nn.Module,
+    data: Data,
+    mean,
+    std,
+    batch_size: int = 500,
+    branch="both",
+    device: str | torch.device = "cpu",
+    passports: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """Per sample, whether each branch predicted the label (two tensors for ``"both"``).
+
+    Eval mode, restored afterwards; ``passports`` as in ``evaluate``. The paired accuracy test
+    compares the two branches sample by sample.
+    """
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device(device)
     was_training = model.training
     model.eval()
-    parts0, parts1 = [], []
+    parts: list[list[torch.Tensor]] = [[], []] if branch == "both" else [[]]
     try:
-        for i in range(0, len(data), batch_size):
-            x = model_inputs(raw_inputs(data)[i : i + batch_size].to(device), mean, std)
-            y = data.labels[i : i + batch_size].to(device)
-            out0, out1 = model(x, "both")
-            parts0.append((out0.argmax(1) == y).cpu())
-            parts1.append((out1.argmax(1) == y).cpu())
+        with swapped_passports(model, passports):
+            for i in range(0, len(data), batch_size):
+                x = model_inputs(raw_inputs(data)[i : i + batch_size].to(device), mean, std)
+                y = data.labels[i : i + batch_size].to(device)
+                out = model(x, branch)
+                for part, logits in zip(parts, out if branch == "both" else (out,),
+                                        strict=True):
+                    part.append((logits.argmax(1) == y).cpu())
     finally:
         model.train(was_training)
-    return torch.cat(parts0), torch.cat(parts1)
+    empty = torch.zeros(0, dtype=torch.bool)
+    return tuple(torch.cat(p) if p else empty for p in parts)
 
 
 def verify_ownership(

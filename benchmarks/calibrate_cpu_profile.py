@@ -5,7 +5,8 @@ prints one JSON line per run, then a table of mean ± sd per run name, so recipe
 made from measurements. A run converged when its validation accuracy is flat over the last
 quarter of training (``last_quarter_range``: max - min of those epochs' accuracies).
 Usage: python benchmarks/calibrate_cpu_profile.py --seeds 0 1 2 --runs plain pan-conv345 \
-       [--epochs 24 --lr 0.05 --lr-schedule cosine --width 0.25 --threads 2]
+       [--optimizer sgd --lr 0.01 --epochs 12 --width 0.125 --passports images --threads 1]
+book/reproduce.md tabulates the runs that chose the `cpu` recipe.
 """
 
 import argparse

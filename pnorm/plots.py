@@ -1,8 +1,11 @@
 """One look for every figure in the book: style, colour meaning and a few shared plots.
 
-Colours follow the Okabe–Ito colour-blind-safe palette and always mean the same thing:
-branch 0 (deployed) blue, branch 1 (true passport) green, forged orange-red, attacked purple,
-plain model grey, DeepIPR-style baseline orange.
+Colours (mostly the Okabe–Ito colour-blind-safe palette) always mean the same thing: branch 0
+(deployed) and a PAN model blue, branch 1 (true passport) green, forged vermillion, the
+attacker's own result pink, plain model grey, DeepIPR-style baseline brown, trigger set sky
+blue, signature detection near-black. A figure that compares schemes colours by scheme; one
+that shows several quantities of one model colours by quantity. Categories without a meaning
+in the book (layers, draws) take ``shades``, one neutral hue.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import seaborn as sns
 
-__all__ = ["COLORS", "chance_line", "fig_png", "percent_axis", "use_style"]
+__all__ = ["COLORS", "chance_line", "fig_png", "percent_axis", "shades", "use_style"]
 
 COLORS = {
     "branch0": "#0072B2",
@@ -21,9 +24,10 @@ COLORS = {
     "forged": "#D55E00",
     "attacked": "#CC79A7",
     "plain": "#595959",
-    "deepipr": "#E69F00",
+    "deepipr": "#8C564B",
     "pan": "#0072B2",  # a PAN model's deployed branch
     "trigger": "#56B4E9",
+    "detection": "#222222",  # signature bits read back
     "chance": "#AAAAAA",
 }
 
@@ -67,3 +71,9 @@ def percent_axis(ax: plt.Axes, axis: str = "y", limits: Sequence[float] | None =
     target.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0f}%"))
     if limits is not None:
         (ax.set_ylim if axis == "y" else ax.set_xlim)(*limits)
+
+
+def shades(n: int) -> list[tuple[float, float, float, float]]:
+    """``n`` distinguishable shades of one neutral hue, for categories with no book colour."""
+    cmap = plt.get_cmap("cividis")
+    return [cmap(0.1 + 0.8 * i / max(1, n - 1)) for i in range(n)]

@@ -61,6 +61,26 @@ def test_notebooks_and_toc_agree() -> None:
     assert len(toc) == len(set(toc)), f"duplicate entries in _toc.yml: {toc}"
 
 
+FOLDED = ("hide-input", "remove-input", "remove-cell")
+DRAWING = ("plt.", "plots.fig_png(", "render_frames(", "ax.")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_follows_the_presentation_convention(path: Path) -> None:
+    """README, "Writing a chapter": figure-drawing code is folded, the imports are
+    folded, and the visible setup is one ``parameters`` cell of settings."""
+    nb = nbformat.read(path, as_version=4)
+    code = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    visible = [(i, c) for i, c in code if not set(c.metadata.get("tags", [])) & set(FOLDED)]
+    drawing = [i for i, c in visible if any(d in c.source for d in DRAWING)]
+    assert not drawing, (f"{path.name}: code cells {drawing} draw a figure in view; "
+                         "tag them hide-input (or move the code into pnorm.plots)")
+    params = [c for _, c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1, f"{path.name}: expected one cell tagged 'parameters'"
+    assert "import " not in params[0].source, (
+        f"{path.name}: the parameters cell imports; move imports into the folded cell above it")
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_is_committed_clean(path: Path) -> None:
     """No outputs, no execution counts, no saved widget state: the book build executes them."""

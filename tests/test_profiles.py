@@ -190,7 +190,7 @@ def test_point_scales_follow_the_3d_recipe_and_shrink_for_the_cpu():
 
 def test_chapter_minutes_cover_every_chapter_and_say_they_are_estimates():
     chapters = {p.stem for p in (Path(__file__).resolve().parent.parent / "notebooks").glob(
-        "*.ipynb")}
+        "*.ipynb")} - {"index"}  # the landing page reads records; it trains nothing
     gpu = PROFILES["gpu"]
     in_order, alone = chapter_minutes(gpu), chapter_minutes(gpu, alone=True)
     assert set(in_order) == set(alone) == set(CHAPTERS) == chapters

@@ -5,8 +5,8 @@ chapter had ever run with ``PNORM_DATA=real``. This test writes small, learnable
 in the *exact* on-disk layouts of the real sets into a fresh ``<PNORM_CACHE>/data`` (writers in
 ``ondisk.py``) and executes every chapter with nbclient under ``PNORM_PROFILE=smoke``,
 ``PNORM_DATA=real``: a cell error, or a chapter without a figure, fails it. Every chapter draws
-at least one (the summary, 09, once the others have recorded results: it runs last, and is
-skipped when they did not run in the same session).
+at least one (the summary, 09, and the landing page, index, once the others have recorded
+results: they run last, and are skipped when the others did not run in the same session).
 
 torchvision's checksum check stays on: before a chapter's first cell, the test's client runs one
 extra cell (never saved) that points the md5 sums torchvision compares with (class attributes of
@@ -163,14 +163,16 @@ def _has_image(nb: nbformat.NotebookNode) -> bool:
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_rehearsal_chapter_runs_on_real_layouts(path: Path, rehearsal_env: dict) -> None:
     nb = nbformat.read(path, as_version=4)
-    if path.stem.startswith("09") and not {p.stem for p in NOTEBOOKS[:-1]} <= rehearsal_env["ran"]:
-        pytest.skip("the summary needs the other chapters' records from this rehearsal")
+    readers = {"09-summary", "index"}  # pages that read the other chapters' records
+    chapters = {p.stem for p in NOTEBOOKS} - readers
+    if path.stem in readers and not chapters <= rehearsal_env["ran"]:
+        pytest.skip(f"{path.stem} needs the other chapters' records from this rehearsal")
     nb.cells.insert(0, nbformat.v4.new_code_cell(rehearsal_env["setup"]))
     start = time.perf_counter()
     execute_or_fail(nb, f"{path.name} (smoke profile, real data)", CELL_TIMEOUT_S)
     assert _has_image(nb), f"{path.name} produced no figure (no image/png output) on real data"
-    first = next(c for c in nb.cells[1:] if c.cell_type == "code")  # the chapter's setup cell
-    setup = "".join(o.get("text", "") for o in first.outputs)
+    first = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    setup = "".join(o.get("text", "") for o in first.outputs)  # the chapter's setup line
     assert "data=real" in setup, f"{path.name}: the setup cell did not report real data: {setup}"
     rehearsal_env["ran"].add(path.stem)
     print(f"\n[rehearsal] {path.name} ran in {time.perf_counter() - start:.1f} s")

@@ -454,7 +454,9 @@ JS_FRAME = """async (box) => {
   const digest = await crypto.subtle.digest("SHA-256", buf);
   const hex = Array.from(new Uint8Array(digest)).map((b) => b.toString(16).padStart(2, "0"));
   const readout = box.querySelector(".widget-readout");
-  return {count: 1, digest: hex.join(""), readout: readout ? readout.innerText.trim() : null};
+  const handle = box.querySelector("[role=slider]");
+  return {count: 1, digest: hex.join(""), readout: readout ? readout.innerText.trim() : null,
+          spoken: handle ? handle.getAttribute("aria-valuetext") : null};
 }"""
 
 
@@ -495,6 +497,9 @@ def test_frame_sliders_change_the_figure_in_the_static_page(
             moved = box.evaluate(JS_FRAME)
             assert moved["count"] == 1
             assert moved["readout"] != start["readout"], f"slider {i}: readout did not move"
+            assert moved["spoken"] == moved["readout"], (
+                f"slider {i}: screen readers hear {moved['spoken']!r}, the page shows "
+                f"{moved['readout']!r} (aria-valuetext; see _assets/widgets-slider-aria.js)")
             assert moved["digest"] != start["digest"], (
                 f"slider {i}: the readout moved ({start['readout']} -> {moved['readout']}) "
                 "but the figure did not change")

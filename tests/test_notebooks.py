@@ -81,6 +81,24 @@ def test_notebook_follows_the_presentation_convention(path: Path) -> None:
         f"{path.name}: the parameters cell imports; move imports into the folded cell above it")
 
 
+VISIBLE_CODE_BUDGET = 470  # non-blank lines a reader sees across all pages (about 1,400 once)
+
+
+def test_visible_code_stays_within_the_budget() -> None:
+    """The pages show results and the code that teaches PAN, not walls of code."""
+    per_page = {}
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        per_page[path.stem] = sum(
+            sum(1 for line in cell.source.splitlines() if line.strip())
+            for cell in nb.cells
+            if cell.cell_type == "code" and not set(cell.metadata.get("tags", [])) & set(FOLDED))
+    total = sum(per_page.values())
+    assert total <= VISIBLE_CODE_BUDGET, (
+        f"{total} visible code lines (budget {VISIBLE_CODE_BUDGET}): {per_page}; fold drawing "
+        f"and formatting code (hide-input) or move it into pnorm.plots")
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_is_committed_clean(path: Path) -> None:
     """No outputs, no execution counts, no saved widget state: the book build executes them."""

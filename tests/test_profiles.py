@@ -46,8 +46,9 @@ def test_cpu_profiles_are_small_and_smoke_is_smallest():
     assert all(e < p.train.epochs for p in PROFILES.values() for e in p.train.milestone_epochs)
     paper = PROFILES["paper"].train
     assert paper.epochs == 200 and paper.milestone_epochs == (100, 150)
-    # Milestones are fractions now; they decay at the same epochs as before.
-    assert smoke.train.milestone_epochs == (2,) and cpu.train.milestone_epochs == (8, 12)
+    # Milestones are fractions of the epochs; the cpu recipe decays on a cosine instead.
+    assert smoke.train.milestone_epochs == (2,)
+    assert cpu.train.lr_schedule == "cosine" and cpu.train.milestone_epochs == ()
     assert cpu.points.train.milestone_epochs == (14, 17)
     assert PROFILES["gpu"].points.train.milestone_epochs == (20, 40)
 

@@ -17,7 +17,7 @@ from typing import Any
 from .fileio import atomic_write, source_fingerprint
 from .profiles import Profile, cache_dir
 
-__all__ = ["UNITS", "load_results", "record_results", "results_dir"]
+__all__ = ["UNITS", "load_results", "record_results", "recorded_value", "results_dir"]
 
 _FORMAT = "pnorm-results/1"
 UNITS = ("fraction", "points", "ratio", "verdict", "count")
@@ -94,3 +94,15 @@ def load_results(profile: Profile) -> dict[str, dict[str, Any]]:
         payload["stale"] = payload.get("source") != current
         out[payload["chapter"]] = payload
     return out
+
+
+def recorded_value(records: dict[str, dict[str, Any]], chapter: str, quantity: str,
+                   prefix: bool = False) -> Any:
+    """The value ``chapter`` recorded for ``quantity`` in ``load_results``'s output, or None.
+
+    With ``prefix`` the first quantity that starts with ``quantity`` matches (for names that
+    carry a profile's number, e.g. "PAN: lowest detection over 8 epochs").
+    """
+    rows = records.get(chapter, {}).get("rows", [])
+    return next((r["value"] for r in rows if (r["quantity"].startswith(quantity) if prefix
+                                               else r["quantity"] == quantity)), None)

@@ -8,7 +8,7 @@ import torch
 
 import pnorm.results
 from pnorm.profiles import PROFILES
-from pnorm.results import load_results, record_results, results_dir
+from pnorm.results import load_results, record_results, recorded_value, results_dir
 
 SMOKE, CPU = PROFILES["smoke"], PROFILES["cpu"]
 
@@ -53,3 +53,15 @@ def test_bad_values_and_damaged_files_are_named():
     (folder / "bad.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(ValueError, match="not a pnorm result file"):
         load_results(SMOKE)
+
+
+def test_recorded_value_finds_exact_or_prefixed_quantities_and_none_when_missing():
+    rows = [{"claim": "c", "quantity": "PAN: lowest detection over 8 epochs", "value": 0.9,
+             "unit": "fraction"},
+            {"claim": "c", "quantity": "seeds", "value": 3, "unit": "count"}]
+    record_results("04-fine-tuning", SMOKE, rows)
+    records = load_results(SMOKE)
+    assert recorded_value(records, "04-fine-tuning", "seeds") == 3
+    assert recorded_value(records, "04-fine-tuning", "PAN: lowest detection") is None
+    assert recorded_value(records, "04-fine-tuning", "PAN: lowest detection", prefix=True) == 0.9
+    assert recorded_value(records, "02-training", "seeds") is None  # chapter not run

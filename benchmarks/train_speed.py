@@ -221,6 +221,13 @@ def main(argv: list[str] | None = None) -> dict:
         # the cpu profile's map: conv1-conv2 are a plain prefix both branches share
         "pan_batched_conv3to5": model_step(alexnet("pan", ("conv3", "conv4", "conv5")), base,
                                            batch, device, 2),
+        # the activation layout, both ways (the CPU profiles train AlexNet in NHWC)
+        **{f"{name}_{layout}": model_step(alexnet(scheme, layers),
+                                          replace(base, channels_last=layout == "nhwc"),
+                                          batch, device, 2)
+           for name, scheme, layers in (("plain", "plain", None),
+                                        ("pan_conv3to5", "pan", ("conv3", "conv4", "conv5")))
+           for layout in ("nchw", "nhwc")},
         "data_reference": reference_pipeline(n_data, args.batch, device, args.workers),
         "data_tensor": tensor_pipeline(n_data, base, device),
     }
@@ -245,6 +252,9 @@ def main(argv: list[str] | None = None) -> dict:
         "batched_mode": mode,
         "other_mode_over_batched": round(sec["pan_other_mode"] / pan, 3),
         "pan_batched_conv3to5_over_plain": round(sec["pan_batched_conv3to5"] / sec["plain"], 3),
+        "plain_nchw_over_nhwc": round(sec["plain_nchw"] / sec["plain_nhwc"], 3),
+        "pan_conv3to5_nchw_over_nhwc": round(sec["pan_conv3to5_nchw"] / sec["pan_conv3to5_nhwc"],
+                                             3),
         "resnet_pan_batched_over_plain": (
             None if args.no_resnet else round(sec["resnet_pan"] / sec["resnet_plain"], 3)
         ),

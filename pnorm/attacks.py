@@ -21,7 +21,7 @@ from .batches import Data, trigger_data
 from .images import ImageSplits
 from .layers import ConvNormAct, PassportAwareNorm
 from .points import PointSplits
-from .profiles import show_progress
+from .profiles import Profile, show_progress
 from .recipes import Preset, Recipe, get_preset
 from .training import TrainConfig, train
 from .vault import Vault
@@ -58,11 +58,19 @@ class FineTuneConfig:
     reset_bn_stats: bool = False
     seed: int = 0
     eval_batch_size: int = 500
+    channels_last: bool | None = None  # as TrainConfig.channels_last (a speed knob)
 
 
-def finetune_config(preset: str, **overrides: Any) -> FineTuneConfig:
-    """A ``FineTuneConfig`` for a named preset (``faithful`` or ``clean``) with overrides."""
+def finetune_config(preset: str, profile: Profile | None = None,
+                    **overrides: Any) -> FineTuneConfig:
+    """A ``FineTuneConfig`` for a named preset (``faithful`` or ``clean``) with overrides.
+
+    With a ``profile``, its fine-tuning budget, evaluation batch and memory layout come first.
+    """
     base = FineTuneConfig(reset_bn_stats=get_preset(preset).reset_bn_stats)
+    if profile is not None:
+        base = replace(base, recipe=profile.finetune, eval_batch_size=profile.eval_batch_size,
+                       channels_last=profile.channels_last)
     return replace(base, **overrides)
 
 
@@ -184,7 +192,7 @@ def fine_tune(
             if isinstance(norm, nn.modules.batchnorm._BatchNorm):
                 norm.reset_running_stats()
     run = TrainConfig(recipe=config.recipe, triggers_per_batch=0, select="last",
-                      seed=config.seed, eval_batch_size=batch)
+                      seed=config.seed, eval_batch_size=batch, channels_last=config.channels_last)
     result = train(attacker, new_task, run, None, device, progress=progress, desc=desc,
                    on_epoch=measure)
     keys = ("epoch", "new_task_acc", "detection", "matches", "bits", "log10_p", "trigger_acc",

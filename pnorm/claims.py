@@ -35,6 +35,7 @@ __all__ = [
     "independent_model_null",
     "paired_accuracy_test",
     "random_passport_null",
+    "retention",
     "vault_digest",
 ]
 
@@ -169,6 +170,15 @@ def independent_model_null(vault: Vault, models: Sequence[nn.Module]) -> Signatu
     return SignatureNull("independent models", counts, int(vault.signature.numel()))
 
 
+def retention(accuracy0: float, accuracy1: float, chance: float) -> float:
+    """How much of the deployed branch's accuracy above chance the passport branch keeps.
+
+    1 = all of it, 0 = the passport branch is at chance. Weight damage (pruning) lowers both
+    branches together, so the share survives it; a wrong passport drives it to about 0.
+    """
+    return (accuracy1 - chance) / max(accuracy0 - chance, 1e-9)
+
+
 @dataclass
 class AccuracyTest:
     """Passport branch against deployed branch on the same samples (a paired bootstrap).
@@ -180,25 +190,27 @@ class AccuracyTest:
     n: int
     accuracy0: float
     accuracy1: float
-    difference_low: float  # lower end of the 95 % interval of accuracy1 - accuracy0
+    difference_low: float  # the 95 % interval of accuracy1 - accuracy0
     difference_high: float
+    retention_low: float  # lower end of the 95 % interval of ``retention``
     chance: float
     applicable: bool
-    margin: float
+    min_retention: float
     passed: bool = field(init=False)
 
     def __post_init__(self) -> None:
-        self.passed = self.applicable and self.difference_low >= -self.margin
+        self.passed = self.applicable and self.retention_low >= self.min_retention
 
 
 def paired_accuracy_test(correct0: torch.Tensor, correct1: torch.Tensor, num_classes: int,
-                         margin: float = 0.05, resamples: int = 2000,
+                         min_retention: float = 0.8, resamples: int = 2000,
                          seed: int = 0) -> AccuracyTest:
-    """Is the passport branch at most ``margin`` worse than the deployed one (95 % bootstrap)?
+    """Does the passport branch keep ``min_retention`` of the deployed one's skill (95 % bound)?
 
-    ``correct0``/``correct1`` say per test sample whether each branch was right. The deployed
-    branch must beat chance (1/num_classes) by a one-sided 99 % binomial margin, else the test
-    is not applicable. Fewer than ``MIN_TEST_SIZE`` samples are refused.
+    ``correct0``/``correct1`` say per test sample whether each branch was right; the same
+    bootstrap resamples give intervals of the accuracy difference and of ``retention``. The
+    deployed branch must beat chance (1/num_classes) by a one-sided 99 % binomial margin, else
+    the test is not applicable. Fewer than ``MIN_TEST_SIZE`` samples are refused.
     """
     c0, c1 = correct0.flatten().float().cpu(), correct1.flatten().float().cpu()
     n = len(c0)
@@ -209,13 +221,20 @@ def paired_accuracy_test(correct0: torch.Tensor, correct1: torch.Tensor, num_cla
                          f"got {n}: the comparison would be noise")
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, n, (resamples, n), generator=g)
-    diffs = (c1[idx] - c0[idx]).mean(1).sort().values
-    low, high = float(diffs[int(0.025 * resamples)]), float(diffs[int(0.975 * resamples) - 1])
+    acc0s, acc1s = c0[idx].mean(1), c1[idx].mean(1)
     chance = 1.0 / num_classes
+
+    def interval(values: torch.Tensor) -> tuple[float, float]:
+        v = values.sort().values
+        return float(v[int(0.025 * resamples)]), float(v[int(0.975 * resamples) - 1])
+
+    low, high = interval(acc1s - acc0s)
+    kept_low, _ = interval((acc1s - chance) / (acc0s - chance).clamp_min(1e-9))
     acc0 = float(c0.mean())
     # one-sided 99 % bound of a binomial proportion at chance (normal approximation)
     beats_chance = acc0 > chance + 2.326 * math.sqrt(chance * (1 - chance) / n)
-    return AccuracyTest(n, acc0, float(c1.mean()), low, high, chance, beats_chance, margin)
+    return AccuracyTest(n, acc0, float(c1.mean()), low, high, kept_low, chance, beats_chance,
+                        min_retention)
 
 
 def error_rate_upper95(errors: int, n: int) -> float:

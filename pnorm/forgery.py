@@ -162,13 +162,11 @@ def _attacker_model(
 
 
 @torch.no_grad()
-def _solve_passport(
-    layer: nn.Module, which: int, target: torch.Tensor, iters: int = 1000, tol: float = 1e-6
-) -> None:
+def _solve_passport(layer: nn.Module, which: int, target: torch.Tensor) -> None:
     """Move passport ``which`` (0: gamma, 1: beta) the least distance so its scale = ``target``.
 
-    The scale is linear (affine for Linear layers) in the passport, so this is a minimum-norm
-    least-squares problem; CGLS solves it with one forward and one backward pass per step.
+    The scale is linear (affine for Linear layers) in the passport, so the step is the
+    minimum-norm least-squares solution: the Jacobian's pseudo-inverse times the residual.
     """
     bufs = (layer.passport_gamma, layer.passport_beta)
     p = bufs[which]
@@ -177,34 +175,11 @@ def _solve_passport(
         pair = (q, bufs[1]) if which == 0 else (bufs[0], q)
         return layer.passport_scales(*pair)[which]
 
-    offset = scale(torch.zeros_like(p))  # a Linear layer's bias; zero for convolutions
-
-    def forward(q: torch.Tensor) -> torch.Tensor:  # J q
-        return scale(q) - offset
-
-    def adjoint(y: torch.Tensor) -> torch.Tensor:  # J^T y
-        with torch.enable_grad():
-            q = torch.zeros_like(p, requires_grad=True)
-            (grad,) = torch.autograd.grad(scale(q), q, y)
-        return grad
-
-    residual = target - scale(p)
-    step = torch.zeros_like(p)
-    s = adjoint(residual)
-    direction, gamma = s.clone(), s.pow(2).sum()
-    stop = tol * gamma.sqrt()
-    for _ in range(iters):
-        q = forward(direction)
-        alpha = gamma / q.pow(2).sum().clamp_min(1e-30)
-        step += alpha * direction
-        residual -= alpha * q
-        s = adjoint(residual)
-        gamma_new = s.pow(2).sum()
-        if gamma_new.sqrt() <= stop:
-            break
-        direction = s + (gamma_new / gamma) * direction
-        gamma = gamma_new
-    p.add_(step)
+    with torch.enable_grad():
+        jacobian = torch.autograd.functional.jacobian(scale, p, vectorize=True)
+    jacobian = jacobian.reshape(target.numel(), -1).double()
+    residual = (target - scale(p)).double().flatten()
+    p.add_((torch.linalg.pinv(jacobian) @ residual).view_as(p).to(p.dtype))
 
 
 @torch.no_grad()
@@ -377,14 +352,19 @@ def forge_passports(
         last["claimed_empirical_p"] = null["empirical p"]
         last["claimed_fitted_log10_p"] = null["fitted log10 p"]
         last["signature_ok"] = thresholds.signature_passes(null)
+        num_classes = int(vault.arch.get("num_classes", 10))
         if len(test) >= MIN_TEST_SIZE:  # paired test of forged branch 1 against the release
             c0, c1 = correct_predictions(model, test, mean, std, eval_batch_size)
-            num_classes = int(vault.arch.get("num_classes", 10))
-            last["accuracy_ok"] = paired_accuracy_test(
-                c0, c1, num_classes, thresholds.max_accuracy_drop, seed=seed).passed
-        else:  # too few samples to pair: the point difference against the release
-            last["accuracy_ok"] = (reference_accuracy - last["accuracy"]
-                                   <= thresholds.max_accuracy_drop)
-        last["forgery_passes"] = last["signature_ok"] and last["accuracy_ok"]
+            test_result = paired_accuracy_test(c0, c1, num_classes, thresholds.min_retention,
+                                               seed=seed)
+            last["accuracy_ok"] = test_result.passed
+            last["accuracy_applicable"] = test_result.applicable
+        else:  # too few samples to pair: the point estimates against the release
+            last["accuracy_ok"] = thresholds.accuracy_retained(
+                reference_accuracy, last["accuracy"], 1 / num_classes)
+            last["accuracy_applicable"] = True
+        # as OwnershipReport.verified: where accuracy cannot be judged, the signature decides
+        last["forgery_passes"] = last["signature_ok"] and (last["accuracy_ok"]
+                                                           or not last["accuracy_applicable"])
     return model, records
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .attacks import FineTuneConfig, fine_tune
 from .batches import Data, raw_inputs
 from .fileio import atomic_torch_save, atomic_write, source_fingerprint, state_sha256, tensor_digest
 from .images import ImageSplits
@@ -28,7 +29,7 @@ from .recipes import get_preset
 from .training import TrainConfig, config_for, train
 from .vault import Vault
 
-__all__ = ["Trained", "train_or_load"]
+__all__ = ["Trained", "fine_tune_or_load", "train_or_load"]
 
 
 def _model_config(arch: str, scheme: str, profile: Profile, num_classes: int,
@@ -51,6 +52,8 @@ def _model_config(arch: str, scheme: str, profile: Profile, num_classes: int,
 def _train_config(arch: str, profile: Profile, preset: str, seed: int,
                   **overrides: Any) -> TrainConfig:
     scale = profile.points if arch == "pointnet" else profile
+    if arch == "alexnet":
+        overrides = {"channels_last": profile.channels_last, **overrides}
     return config_for(preset, recipe=scale.train, triggers_per_batch=scale.triggers_per_batch,
                       seed=seed, eval_batch_size=profile.eval_batch_size, **overrides)
 
@@ -201,3 +204,43 @@ def _move_aside(path: Path) -> Path | None:
         n += 1
     path.rename(aside)
     return aside
+
+
+def fine_tune_or_load(
+    trained: Trained,
+    new_task: ImageSplits | PointSplits,
+    config: FineTuneConfig,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    desc: str = "fine-tuning",
+) -> tuple[nn.Module, list[dict]]:
+    """``attacks.fine_tune`` of a cached model's release, itself cached under ``<cache>/attacks``.
+
+    Chapters 3 and 4 judge the same fine-tuned release, so it is computed once. The key covers
+    the trained model's key, the new task's bytes, the configuration and the source.
+    """
+    record = {"trained": trained.key, "task": new_task.source,
+              "task_digest": tensor_digest(raw_inputs(new_task.train), new_task.train.labels,
+                                           raw_inputs(new_task.test))[:16],
+              "config": asdict(config), "source": source_fingerprint()}
+    key = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir() / "attacks" / f"finetune-{key}.pt"
+    if path.exists():
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            if state_sha256(saved["state"]) != saved.get("sha256"):
+                raise ValueError("failed its SHA-256 corruption check")
+            model = build_model(json.loads(saved["config"]))
+            model.load_state_dict(saved["state"])
+            return model.eval(), saved["records"]
+        except Exception as e:  # corrupt or partial: recompute, keep the file for inspection
+            aside = _move_aside(path)
+            warnings.warn(f"cached fine-tuning {path} is unusable ({e}); moved to {aside} and "
+                          "fine-tuning again", stacklevel=2)
+    model, records = fine_tune(trained.public, trained.vault, new_task, config, device,
+                               progress=progress, desc=desc)
+    model = model.cpu().eval()
+    state = model.state_dict()
+    atomic_torch_save({"config": json.dumps(model.config), "state": state,
+                       "sha256": state_sha256(state), "records": records, "key": key}, path)
+    return model, records

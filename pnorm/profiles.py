@@ -90,6 +90,10 @@ class Profile:
     # Which AlexNet units carry passports: None = all five (the PAN default); the CPU profiles
     # use conv3-conv5 (the original's `_ori` map), see `benchmarks/calibrate_cpu_profile.py`.
     passport_layers: tuple[str, ...] | None = None
+    # AlexNet activations in NHWC while training (TrainConfig.channels_last; None = automatic,
+    # CUDA only). The CPU profiles turn it on: 1.2-1.4x faster steps on a 2-core CPU, measured
+    # side by side (book/reproduce.md).
+    channels_last: bool | None = None
     # Attack budgets (chapters 04-06). The original fine-tunes for 200 epochs at lr 1e-3 and
     # forges passports for 100 epochs on the full training set.
     finetune: Recipe = Recipe(lr=0.001)
@@ -141,7 +145,7 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke", data="synthetic", device="cpu", width=0.25, n_train=768, n_val=256,
         n_test=512, train=_sgd(3, 64, 0.02, (2 / 3,)), n_triggers=20, triggers_per_batch=2,
-        n_forged=5, passport_layers=_CONV345, finetune=_sgd(2, 64, 0.01),
+        n_forged=5, passport_layers=_CONV345, channels_last=True, finetune=_sgd(2, 64, 0.01),
         forge=replace(_FORGE, epochs=1, batch_size=64), forge_data_fraction=0.25,
         erb=replace(_ERB, epochs=1), erb_fractions=(0.1,), n_permutations=2,
         points=PointScale(
@@ -153,7 +157,7 @@ PROFILES: dict[str, Profile] = {
     "cpu": Profile(
         name="cpu", data="synthetic", device="cpu", width=0.25, n_train=5000, n_val=1000,
         n_test=2000, train=_CPU_TRAIN, n_triggers=50,
-        triggers_per_batch=4, n_forged=20, passport_layers=_CONV345,
+        triggers_per_batch=4, n_forged=20, passport_layers=_CONV345, channels_last=True,
         finetune=_sgd(8, 128, 0.01), forge=replace(_FORGE, epochs=3, batch_size=128),
         forge_data_fraction=0.5, erb=replace(_ERB, epochs=10), erb_fractions=(0.02, 0.1),
         n_permutations=5,

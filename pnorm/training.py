@@ -70,9 +70,11 @@ class TrainConfig:
     sign_weight: float = 1.0  # weight of the summed sign loss (1 in the original; 0 = ablation)
     seed: int = 0
     eval_batch_size: int = 500
-    # Speed knobs that leave the method unchanged. None = automatic: on for CUDA, off elsewhere,
-    # so CPU runs are bit-identical to the reference path. amp=None picks bf16 (Ampere+) or
-    # fp16 on CUDA; the `faithful` preset sets amp="off" (the original trains in float32).
+    # Speed knobs that leave the method unchanged. None = automatic: on for CUDA, off elsewhere
+    # (on a CPU, channels_last made AlexNet steps 1.2-1.4x faster but ResNet-18 backward passes
+    # pathologically slow, so the CPU profiles turn it on for AlexNet only). amp=None picks
+    # bf16 (Ampere+) or fp16 on CUDA; the `faithful` preset sets amp="off" (float32 as the
+    # original).
     channels_last: bool | None = None
     amp: Amp | None = None
     compile: bool = False  # torch.compile the forward; the first steps pay the compile time
@@ -145,7 +147,9 @@ def amp_dtype(config: TrainConfig, device: str | torch.device) -> torch.dtype | 
 
 
 def uses_channels_last(config: TrainConfig, device: str | torch.device) -> bool:
-    """Whether a run keeps activations in NHWC (``channels_last``): automatic means CUDA only."""
+    """Whether an image run keeps activations in NHWC (``channels_last``).
+
+    Automatic means CUDA only; ``train`` applies it to image inputs only."""
     if config.channels_last is None:
         return torch.device(device).type == "cuda"
     return bool(config.channels_last)
@@ -367,7 +371,8 @@ def train(
 
     Data stays on ``device`` (images as uint8); augmentation runs there, and each epoch's
     random draws reach the device in one copy, so no step waits for the host. On CUDA the
-    model runs in ``channels_last`` under autocast unless ``config`` says otherwise. After
+    model runs under autocast and image models in ``channels_last`` unless ``config`` says
+    otherwise; the model is returned in the default layout. After
     every epoch a checkpoint is written atomically; a rerun with the same ``checkpoint``
     resumes from it and reproduces the uninterrupted run exactly on the CPU (dropout draws
     from a per-epoch seed). ``on_epoch(model, record)`` may return extra fields for the
@@ -378,7 +383,7 @@ def train(
     identity = model_identity(model)
     device = torch.device(device)
     model.to(device)
-    channels_last = uses_channels_last(config, device)
+    channels_last = uses_channels_last(config, device) and raw_inputs(splits.train).dim() == 4
     if channels_last:
         model.to(memory_format=torch.channels_last)
     forward = torch.compile(model) if config.compile else None
@@ -453,6 +458,8 @@ def train(
     bar.close()
     if best["state"] is not None:
         model.load_state_dict(best["state"])
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)
     return TrainResult(model=model, history=history, selected_epoch=best["epoch"])
 
 

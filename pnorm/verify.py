@@ -22,6 +22,7 @@ from .claims import (
     binomial_tail,
     paired_accuracy_test,
     random_passport_null,
+    retention,
 )
 from .passport import random_passports, signature_detection
 from .units import passport_layers
@@ -134,9 +135,15 @@ class Thresholds:
     max_empirical_p: float = 0.01
     max_fitted_log10_p: float = -4.0
     max_log10_p: float = -9.0  # naive binomial threshold, used only when no null was drawn
-    # accuracy: the 95 % interval of (passport - deployed) accuracy must stay above -margin
-    max_accuracy_drop: float = 0.05
+    # accuracy: the passport branch keeps at least this share of the deployed branch's accuracy
+    # above chance, at the lower end of a 95 % paired bootstrap interval (damage such as pruning
+    # lowers both branches together; a wrong passport leaves its branch at chance)
+    min_retention: float = 0.8
     min_trigger_accuracy: float = 0.5  # black-box: trigger labels recalled (chance = 1/K)
+
+    def accuracy_retained(self, accuracy0: float, accuracy1: float, chance: float) -> bool:
+        """The accuracy rule on point estimates, for claims without a paired test set."""
+        return retention(accuracy0, accuracy1, chance) >= self.min_retention
 
     def signature_passes(self, null: dict) -> bool:
         """The calibrated signature test on a null's ``summary`` at the observed count."""
@@ -150,7 +157,7 @@ class OwnershipReport:
 
     ``null`` summarises the random-passport null at the observed match count (empirical,
     fitted and naive p-values); ``accuracy_test`` is the paired comparison of the branches.
-    Without them (hand-made reports) the naive binomial and the point difference decide.
+    Without them (hand-made reports) the naive binomial and the point estimates decide.
     """
 
     branch0_accuracy: float
@@ -163,6 +170,7 @@ class OwnershipReport:
     thresholds: Thresholds = field(default_factory=Thresholds)
     null: dict | None = None
     accuracy_test: AccuracyTest | None = None
+    chance: float = 0.1  # 1 / number of classes
 
     @property
     def signature_ok(self) -> bool:
@@ -180,8 +188,8 @@ class OwnershipReport:
     def accuracy_ok(self) -> bool:
         if self.accuracy_test is not None:
             return self.accuracy_test.passed
-        drop = self.branch0_accuracy - self.branch1_accuracy
-        return drop <= self.thresholds.max_accuracy_drop
+        return self.thresholds.accuracy_retained(self.branch0_accuracy, self.branch1_accuracy,
+                                                 self.chance)
 
     @property
     def trigger_ok(self) -> bool | None:
@@ -191,30 +199,36 @@ class OwnershipReport:
 
     @property
     def verified(self) -> bool:
-        """White-box claim: signature matches *and* the passport branch keeps its accuracy."""
-        return self.signature_ok and self.accuracy_ok
+        """White-box claim: the signature matches, and the passport branch keeps its accuracy
+        wherever accuracy can be judged; where it cannot, the verdict says the signature alone
+        decided (e.g. a release fine-tuned to another task: its head scores at chance)."""
+        return self.signature_ok and (self.accuracy_ok or not self.accuracy_applicable)
 
     @property
     def verdict(self) -> str:
-        """The decision in words: verified, not verified, or inconclusive (accuracy at chance)."""
-        if self.verified:
+        """The decision in words, saying when the signature alone carried it."""
+        if not self.verified:
+            return "not verified"
+        if self.accuracy_applicable:
             return "ownership verified"
-        return "not verified" if self.accuracy_applicable else "inconclusive"
+        return "ownership verified by the signature alone (accuracy not applicable)"
 
     def rows(self) -> list[dict]:
         """The report as table rows: quantity, value, test, passed."""
         t = self.thresholds
         acc = self.accuracy_test
+        kept = f"keeps ≥ {t.min_retention:.0%} of branch 0's accuracy above chance"
         if acc is None:
             acc_value = f"{self.branch1_accuracy:.2%}"
-            acc_test = f"drop ≤ {t.max_accuracy_drop:.0%} points"
+            acc_test = kept
         elif not acc.applicable:
             acc_value = f"{self.branch1_accuracy:.2%}"
             acc_test = f"not applicable: deployed branch at chance ({acc.chance:.0%})"
         else:
             acc_value = (f"{self.branch1_accuracy:.2%} (Δ 95 % CI {100 * acc.difference_low:+.1f}"
-                         f" to {100 * acc.difference_high:+.1f} points)")
-            acc_test = f"Δ ≥ −{100 * t.max_accuracy_drop:.0f} points (paired, n={acc.n})"
+                         f" to {100 * acc.difference_high:+.1f} points; keeps ≥ "
+                         f"{acc.retention_low:.0%})")
+            acc_test = f"{kept} (95 % bound, paired, n={acc.n})"
         if self.null is None:
             sig_test = f"naive log10 p < {t.max_log10_p:g}"
         else:
@@ -224,7 +238,7 @@ class OwnershipReport:
             {"quantity": "deployed accuracy (branch 0)", "value": f"{self.branch0_accuracy:.2%}",
              "test": "", "passed": ""},
             {"quantity": "passport accuracy (branch 1, true passport)", "value": acc_value,
-             "test": acc_test, "passed": self.accuracy_ok},
+             "test": acc_test, "passed": self.accuracy_ok if self.accuracy_applicable else ""},
             {"quantity": "signature detection (bit-pooled)",
              "value": f"{self.detection['pooled']:.2%} ({self.detection['matches']}/"
                       f"{self.detection['bits']} bits)",
@@ -335,7 +349,7 @@ def verify_ownership(
     acc0, acc1 = float(correct0.float().mean()), float(correct1.float().mean())
     n_classes = int(vault.arch.get("num_classes", 10))
     accuracy_test = paired_accuracy_test(
-        correct0, correct1, n_classes, (thresholds or Thresholds()).max_accuracy_drop, seed=seed)
+        correct0, correct1, n_classes, (thresholds or Thresholds()).min_retention, seed=seed)
     det = signature_detection(protected)
     null = None
     if n_null:
@@ -363,4 +377,5 @@ def verify_ownership(
         thresholds=thresholds or Thresholds(),
         null=null,
         accuracy_test=accuracy_test,
+        chance=1 / n_classes,
     )

@@ -27,6 +27,7 @@ def test_train_speed_prints_its_ratios_as_the_last_line(capsys):
     for key in ("pan_two_pass_over_plain", "pan_batched_over_plain", "batched_over_two_pass",
                 "pan_alternating_over_plain", "resnet_pan_batched_over_plain",
                 "pan_batched_conv3to5_over_plain", "other_mode_over_batched",
+                "plain_nchw_over_nhwc", "pan_conv3to5_nchw_over_nhwc",
                 "data_share_tensor", "data_share_reference"):
         assert result[key] > 0, key
     assert result["batched_mode"] == "split" and result["device"].startswith("cpu")

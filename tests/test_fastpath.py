@@ -139,3 +139,5 @@ def test_train_with_channels_last_matches_the_reference_run():
         for k in ("loss0", "loss1", "sign"):
             assert a[k] == pytest.approx(b[k], rel=1e-2)
         assert a["val_acc0"] == pytest.approx(b["val_acc0"], abs=2 / 32 + 1e-9)
+    conv = runs[1].model.conv1.conv.weight
+    assert conv.is_contiguous() and not conv.is_contiguous(memory_format=torch.channels_last)

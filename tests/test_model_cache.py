@@ -299,3 +299,33 @@ def test_a_message_that_is_not_text_is_refused_before_anything_runs(data, no_tra
     with pytest.raises(TypeError, match="signature message must be a str, got bytes"):
         train_or_load("pan", PROFILE, splits, trigger, message=b"owner", progress=False)
     assert no_training == []
+
+
+def test_fine_tuning_is_computed_once_and_a_damaged_entry_is_recomputed(
+        trained_pan, tmp_path, monkeypatch):
+    from pnorm.attacks import finetune_config
+    from pnorm.model_cache import Trained, fine_tune_or_load
+    from pnorm.recipes import Recipe
+
+    monkeypatch.setenv("PNORM_CACHE", str(tmp_path))
+    model = trained_pan["model"]
+    owner = Trained(model, export_public(model), trained_pan["vault"], [], 0, "owner-key", {})
+    task = synthetic_splits(96, 32, 32, seed=5)
+    config = finetune_config("clean", PROFILES["smoke"], seed=0,
+                             recipe=Recipe(epochs=1, batch_size=32, lr=0.01, milestones=()))
+    assert config.channels_last is True and config.eval_batch_size == 500
+    tuned, records = fine_tune_or_load(owner, task, config, progress=False)
+    [path] = (tmp_path / "attacks").glob("finetune-*.pt")
+    calls = []
+    real = pnorm.model_cache.fine_tune
+    monkeypatch.setattr(pnorm.model_cache, "fine_tune",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    again, again_records = fine_tune_or_load(owner, task, config, progress=False)
+    assert not calls and again_records == records
+    assert all(torch.equal(a, b) for a, b in zip(tuned.state_dict().values(),
+                                                 again.state_dict().values(), strict=True))
+    path.write_bytes(b"truncated")
+    with pytest.warns(UserWarning, match="unusable"):
+        fine_tune_or_load(owner, task, config, progress=False)
+    assert calls == [1] and path.exists()
+    assert list((tmp_path / "attacks").glob("finetune-*.pt.unusable-*"))

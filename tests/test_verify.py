@@ -150,8 +150,8 @@ def _report(**kw) -> OwnershipReport:
 def test_decision_rule_needs_signature_and_accuracy():
     assert _report().verified
     assert not _report(log10_p=-5.0).verified  # signature not significant enough
-    assert not _report(branch1_accuracy=0.70).verified  # passport branch lost accuracy
-    assert _report(branch1_accuracy=0.70, thresholds=Thresholds(max_accuracy_drop=0.2)).verified
+    assert not _report(branch1_accuracy=0.60).verified  # keeps 5/7 of the skill above chance
+    assert _report(branch1_accuracy=0.60, thresholds=Thresholds(min_retention=0.7)).verified
     r = _report()
     assert r.trigger_ok is None
     assert not any("trigger" in row["quantity"] for row in r.rows())
@@ -177,8 +177,9 @@ def test_an_innocent_model_is_not_claimed(matched_model):
 
 # ~100 steps: branch 1 only "wakes up" after ~2 epochs (gamma1 = M(s_gamma) starts at
 # 1e-4..1e-2), so after this short run it still trails branch 0 by ~10-15 points. The decision
-# rule's default 2-point tolerance is for converged models; this test allows 20 points.
-SHORT_RUN = Thresholds(max_accuracy_drop=0.20)
+# rule's default (80 % of the skill above chance kept) is for converged models; this test
+# asks for half.
+SHORT_RUN = Thresholds(min_retention=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -239,12 +240,12 @@ def test_report_rows_and_dict(trained):
     sig_row = next(r for r in rows if r["quantity"].startswith("signature detection"))
     assert f"{report.detection['matches']}/{report.detection['bits']} bits" in sig_row["value"]
     acc_row = next(r for r in rows if r["quantity"].startswith("passport accuracy"))
-    assert acc_row["passed"] is report.accuracy_ok and "−20 points" in acc_row["test"]
+    assert acc_row["passed"] is report.accuracy_ok and "keeps ≥ 50%" in acc_row["test"]
     d = report.to_dict()
     assert d["verified"] is True and d["signature_ok"] is True
     assert d["branch1_accuracy"] == report.branch1_accuracy
     assert d["detection"]["pooled"] == report.detection["pooled"]
-    assert len(d["forged"]) == 5 and d["thresholds"]["max_accuracy_drop"] == 0.20
+    assert len(d["forged"]) == 5 and d["thresholds"]["min_retention"] == 0.5
     assert 0.0 <= d["trigger_accuracy"] <= 1.0 and d["trigger_ok"] == report.trigger_ok
 
 

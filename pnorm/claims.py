@@ -27,6 +27,7 @@ __all__ = [
     "AccuracyTest",
     "Commitment",
     "SignatureNull",
+    "beats_chance",
     "binomial_tail",
     "check_commitment",
     "commit",
@@ -185,6 +186,8 @@ class AccuracyTest:
 
     ``applicable`` is False when the deployed branch is not better than chance on this test
     set: then neither branch's accuracy says anything, and the claim cannot rest on it.
+    ``passed``: the passport branch beats chance too (the passport unlocks the network) and,
+    when ``min_retention`` > 0, keeps that share of the deployed branch's skill.
     """
 
     n: int
@@ -195,22 +198,29 @@ class AccuracyTest:
     retention_low: float  # lower end of the 95 % interval of ``retention``
     chance: float
     applicable: bool
-    min_retention: float
+    passport_beats_chance: bool
+    min_retention: float = 0.0
     passed: bool = field(init=False)
 
     def __post_init__(self) -> None:
-        self.passed = self.applicable and self.retention_low >= self.min_retention
+        kept = self.min_retention <= 0 or self.retention_low >= self.min_retention
+        self.passed = self.applicable and self.passport_beats_chance and kept
+
+
+def beats_chance(accuracy: float, n: int, chance: float) -> bool:
+    """Whether an accuracy on ``n`` samples is above ``chance`` (one-sided 99 %, normal approx.)."""
+    return accuracy > chance + 2.326 * math.sqrt(chance * (1 - chance) / n)
 
 
 def paired_accuracy_test(correct0: torch.Tensor, correct1: torch.Tensor, num_classes: int,
-                         min_retention: float = 0.8, resamples: int = 2000,
+                         min_retention: float = 0.0, resamples: int = 2000,
                          seed: int = 0) -> AccuracyTest:
-    """Does the passport branch keep ``min_retention`` of the deployed one's skill (95 % bound)?
+    """Does the passport branch work where the deployed one does (paired, 95 % bootstrap)?
 
     ``correct0``/``correct1`` say per test sample whether each branch was right; the same
-    bootstrap resamples give intervals of the accuracy difference and of ``retention``. The
-    deployed branch must beat chance (1/num_classes) by a one-sided 99 % binomial margin, else
-    the test is not applicable. Fewer than ``MIN_TEST_SIZE`` samples are refused.
+    bootstrap resamples give intervals of the accuracy difference and of ``retention``. Not
+    applicable unless the deployed branch beats chance (1/num_classes); fewer than
+    ``MIN_TEST_SIZE`` samples are refused.
     """
     c0, c1 = correct0.flatten().float().cpu(), correct1.flatten().float().cpu()
     n = len(c0)
@@ -230,10 +240,9 @@ def paired_accuracy_test(correct0: torch.Tensor, correct1: torch.Tensor, num_cla
 
     low, high = interval(acc1s - acc0s)
     kept_low, _ = interval((acc1s - chance) / (acc0s - chance).clamp_min(1e-9))
-    acc0 = float(c0.mean())
-    # one-sided 99 % bound of a binomial proportion at chance (normal approximation)
-    beats_chance = acc0 > chance + 2.326 * math.sqrt(chance * (1 - chance) / n)
-    return AccuracyTest(n, acc0, float(c1.mean()), low, high, kept_low, chance, beats_chance,
+    acc0, acc1 = float(c0.mean()), float(c1.mean())
+    return AccuracyTest(n, acc0, acc1, low, high, kept_low, chance,
+                        beats_chance(acc0, n, chance), beats_chance(acc1, n, chance),
                         min_retention)
 
 

@@ -135,15 +135,16 @@ class Thresholds:
     max_empirical_p: float = 0.01
     max_fitted_log10_p: float = -4.0
     max_log10_p: float = -9.0  # naive binomial threshold, used only when no null was drawn
-    # accuracy: the passport branch keeps at least this share of the deployed branch's accuracy
-    # above chance, at the lower end of a 95 % paired bootstrap interval (damage such as pruning
-    # lowers both branches together; a wrong passport leaves its branch at chance)
-    min_retention: float = 0.8
+    # accuracy: the passport branch beats chance wherever the deployed one does (a wrong
+    # passport leaves it at chance). Optionally also keep this share of the deployed branch's
+    # accuracy above chance (lower 95 % bound); 0 by default, because pruning and fine-tuning
+    # hurt the passport branch more than the deployed one (book/method.md#method-verification)
+    min_retention: float = 0.0
     min_trigger_accuracy: float = 0.5  # black-box: trigger labels recalled (chance = 1/K)
 
     def accuracy_retained(self, accuracy0: float, accuracy1: float, chance: float) -> bool:
         """The accuracy rule on point estimates, for claims without a paired test set."""
-        return retention(accuracy0, accuracy1, chance) >= self.min_retention
+        return accuracy1 > chance and retention(accuracy0, accuracy1, chance) >= self.min_retention
 
     def signature_passes(self, null: dict) -> bool:
         """The calibrated signature test on a null's ``summary`` at the observed count."""
@@ -217,7 +218,8 @@ class OwnershipReport:
         """The report as table rows: quantity, value, test, passed."""
         t = self.thresholds
         acc = self.accuracy_test
-        kept = f"keeps ≥ {t.min_retention:.0%} of branch 0's accuracy above chance"
+        kept = "beats chance" + (f" and keeps ≥ {t.min_retention:.0%} of branch 0's accuracy "
+                                 "above chance" if t.min_retention > 0 else "")
         if acc is None:
             acc_value = f"{self.branch1_accuracy:.2%}"
             acc_test = kept
@@ -227,8 +229,8 @@ class OwnershipReport:
         else:
             acc_value = (f"{self.branch1_accuracy:.2%} (Δ 95 % CI {100 * acc.difference_low:+.1f}"
                          f" to {100 * acc.difference_high:+.1f} points; keeps ≥ "
-                         f"{acc.retention_low:.0%})")
-            acc_test = f"{kept} (95 % bound, paired, n={acc.n})"
+                         f"{acc.retention_low:.0%} of branch 0's skill)")
+            acc_test = f"{kept} (paired, n={acc.n})"
         if self.null is None:
             sig_test = f"naive log10 p < {t.max_log10_p:g}"
         else:

@@ -150,8 +150,11 @@ def _report(**kw) -> OwnershipReport:
 def test_decision_rule_needs_signature_and_accuracy():
     assert _report().verified
     assert not _report(log10_p=-5.0).verified  # signature not significant enough
-    assert not _report(branch1_accuracy=0.60).verified  # keeps 5/7 of the skill above chance
+    assert not _report(branch1_accuracy=0.08).verified  # the passport leaves it at chance
+    assert _report(branch1_accuracy=0.60).verified  # damaged, but the passport unlocks it
+    # asked to keep a share of the skill above chance: 5/7 is enough for 0.7, not for 0.8
     assert _report(branch1_accuracy=0.60, thresholds=Thresholds(min_retention=0.7)).verified
+    assert not _report(branch1_accuracy=0.60, thresholds=Thresholds(min_retention=0.8)).verified
     r = _report()
     assert r.trigger_ok is None
     assert not any("trigger" in row["quantity"] for row in r.rows())
@@ -176,9 +179,9 @@ def test_an_innocent_model_is_not_claimed(matched_model):
 
 
 # ~100 steps: branch 1 only "wakes up" after ~2 epochs (gamma1 = M(s_gamma) starts at
-# 1e-4..1e-2), so after this short run it still trails branch 0 by ~10-15 points. The decision
-# rule's default (80 % of the skill above chance kept) is for converged models; this test
-# asks for half.
+# 1e-4..1e-2), so after this short run it still trails branch 0 by ~10-15 points. This test
+# asks it to keep half of branch 0's skill above chance (the default asks only for
+# better than chance).
 SHORT_RUN = Thresholds(min_retention=0.5)
 
 

@@ -21,7 +21,7 @@ from .fileio import DataNotFoundError
 from .forgery import THREAT_MODELS, ThreatModel, forge_passports, threat_model
 from .images import ImageData, ImageSplits, image_data, load_adi_trigger_set, load_cifar
 from .layers import PassportAwareNorm
-from .model_cache import Trained, fine_tune_or_load, train_or_load
+from .model_cache import Trained, fine_tune_or_load, seed_runs, train_or_load
 from .models import build_model, export_public, load_release, save_release
 from .passport import bits_to_text, key_model, passports_from_images, text_to_bits
 from .pointnet import PointNetCls
@@ -94,6 +94,7 @@ __all__ = [
     "text_to_bits",
     "threat_model",
     "train",
+    "seed_runs",
     "train_or_load",
     "trigger_set",
     "verify_ownership",

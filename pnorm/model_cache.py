@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from .recipes import get_preset
 from .training import TrainConfig, config_for, train
 from .vault import Vault
 
-__all__ = ["Trained", "fine_tune_or_load", "train_or_load"]
+__all__ = ["Trained", "fine_tune_or_load", "seed_runs", "train_or_load"]
 
 
 def _model_config(arch: str, scheme: str, profile: Profile, num_classes: int,
@@ -141,6 +142,22 @@ def train_or_load(
         folder / "final.pt",
     )
     return Trained(model, public, vault, result.history, result.selected_epoch, key, record)
+
+
+def seed_runs(schemes: Sequence[str], seeds: Sequence[int], profile: Profile,
+              splits: ImageSplits, trigger: Data | None, preset: str, message: str,
+              key_seed: int) -> dict[tuple[str, int], Trained]:
+    """Every scheme trained at every seed (``train_or_load``), keyed by (scheme, seed).
+
+    Plain networks see no triggers and carry no message; a protected network of seed ``s`` is
+    keyed with ``key_seed + s``, so each seed has its own passports and signature.
+    """
+    return {
+        (scheme, seed): train_or_load(
+            scheme, profile, splits, None if scheme == "plain" else trigger, preset=preset,
+            seed=seed, message=None if scheme == "plain" else message, key_seed=key_seed + seed)
+        for seed in seeds for scheme in schemes
+    }
 
 
 def _listed(values) -> list[float] | None:

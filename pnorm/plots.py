@@ -1,4 +1,4 @@
-"""One look for every figure in the book: style, colour meaning and a few shared plots.
+"""One look for every figure and table in the book: style, colour meaning, shared helpers.
 
 Colours (mostly the Okabe–Ito colour-blind-safe palette) always mean the same thing: branch 0
 (deployed) and a PAN model blue, branch 1 (true passport) green, forged vermillion, the
@@ -11,12 +11,24 @@ in the book (layers, draws) take ``shades``, one neutral hue.
 from __future__ import annotations
 
 import io
+import math
+import os
+import sys
 from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
+import pandas as pd
 import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.text import Text
 
-__all__ = ["COLORS", "chance_line", "fig_png", "percent_axis", "shades", "use_style"]
+__all__ = ["BOOK_COLUMN_PX", "COLORS", "MIN_TEXT_PX", "chance_line", "fig_png", "marks",
+           "percent_axis", "shades", "smallest_text", "use_style"]
+
+# A page's content column at 1,280 px (tests/test_book.py measures it); a wider figure is
+# shrunk to it, and so is its text. The smallest text a figure may show there, in pixels.
+BOOK_COLUMN_PX = 690
+MIN_TEXT_PX = 9.0
 
 COLORS = {
     "branch0": "#0072B2",
@@ -48,6 +60,41 @@ def use_style() -> None:
             "image.cmap": "RdBu_r",
         }
     )
+    if os.environ.get("PNORM_CHECK_FIGURES") and not getattr(Figure.savefig, "_checked", False):
+        _check_text_on_save()
+
+
+def smallest_text(fig: Figure, column_px: float = BOOK_COLUMN_PX) -> tuple[float, str]:
+    """The smallest visible text of ``fig`` in pixels as a page shows it, and that text.
+
+    Saved at ``fig.dpi`` with a tight bounding box, the image is shrunk to ``column_px`` when
+    wider, and its text with it.
+    """
+    renderer = fig.canvas.get_renderer()
+    width_px = fig.get_tightbbox(renderer).width * fig.dpi
+    scale = fig.dpi / 72 * min(1.0, column_px / width_px)
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()
+             and t.get_window_extent(renderer).width > 0]
+    if not texts:
+        return math.inf, ""
+    smallest = min(texts, key=lambda t: t.get_fontsize())
+    return smallest.get_fontsize() * scale, smallest.get_text()
+
+
+def _check_text_on_save() -> None:
+    """Report every saved figure whose smallest text is below ``MIN_TEXT_PX`` (on stderr, which
+    the notebook tests read); switched on by the environment variable PNORM_CHECK_FIGURES."""
+    save = Figure.savefig
+
+    def checked(fig: Figure, *args, **kwargs):
+        px, text = smallest_text(fig)
+        if px < MIN_TEXT_PX:
+            print(f"[pnorm figure check] text of {px:.1f} px < {MIN_TEXT_PX:g} px at book width: "
+                  f"{text[:40]!r}", file=sys.stderr)
+        return save(fig, *args, **kwargs)
+
+    checked._checked = True
+    Figure.savefig = checked
 
 
 def chance_line(ax: plt.Axes, level: float, label: str = "chance") -> None:
@@ -77,3 +124,11 @@ def shades(n: int) -> list[tuple[float, float, float, float]]:
     """``n`` distinguishable shades of one neutral hue, for categories with no book colour."""
     cmap = plt.get_cmap("cividis")
     return [cmap(0.1 + 0.8 * i / max(1, n - 1)) for i in range(n)]
+
+
+def marks(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with its booleans as ✓ and ✗ (other values, 0 and 1 included, unchanged).
+
+    A column of marks reads at a glance; a column of True and False reads like a program.
+    """
+    return table.map(lambda v: ("✓" if v else "✗") if isinstance(v, bool) else v)

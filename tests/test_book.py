@@ -28,6 +28,8 @@ import pytest
 import yaml
 from bs4 import BeautifulSoup
 
+from pnorm.plots import BOOK_COLUMN_PX
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILD_TIMEOUT_S = 3600
 PAGE_TIMEOUT_MS = 60_000
@@ -340,6 +342,39 @@ JS_FIGURES = """() => {
 }"""
 
 
+# Cell outputs must fit the content column: wider content either wraps or scrolls inside an
+# element of its own (overflow-x auto/scroll). Reports what spills over or is cut off, and the
+# column's width (pnorm.plots.BOOK_COLUMN_PX assumes no less).
+JS_OVERFLOW = """() => {
+  const column = document.querySelector("article.bd-article") || document.querySelector("main");
+  const right = column.getBoundingClientRect().right + 1;
+  const scrolls = (el) => ["auto", "scroll"].includes(getComputedStyle(el).overflowX);
+  const problems = [];
+  for (const out of document.querySelectorAll("div.cell_output")) {
+    for (const el of [out, ...out.querySelectorAll("*")]) {
+      const style = getComputedStyle(el);
+      if (style.display === "none" || !el.checkVisibility()) continue;
+      const box = el.getBoundingClientRect();
+      const describe = () => `${el.tagName.toLowerCase()} "${(el.innerText || el.alt || "")
+        .trim().slice(0, 60)}"`;
+      if (style.overflowX === "hidden" && el.scrollWidth > el.clientWidth + 1) {
+        problems.push(`cut off: ${describe()}`);
+      } else if (box.right > right) {
+        let up = el.parentElement, inside = false;
+        while (up && up !== out.parentElement) {
+          if (scrolls(up) && up.getBoundingClientRect().right <= right) { inside = true; break; }
+          up = up.parentElement;
+        }
+        if (!inside) problems.push(`spills ${Math.round(box.right - right)} px: ${describe()}`);
+      }
+    }
+  }
+  const pad = parseFloat(getComputedStyle(column).paddingLeft) +
+              parseFloat(getComputedStyle(column).paddingRight);
+  return {problems: problems.slice(0, 10), column: column.clientWidth - pad};
+}"""
+
+
 @pytest.mark.parametrize("docname", DOCNAMES)
 def test_page_in_headless_chromium(built_book: BuiltBook, browser, docname: str) -> None:
     path = built_book.page(docname)
@@ -405,6 +440,7 @@ def test_page_in_headless_chromium(built_book: BuiltBook, browser, docname: str)
 
         page.wait_for_timeout(300)  # let late errors (e.g. from widget views) reach the console
         figures = page.evaluate(JS_FIGURES)
+        overflow = page.evaluate(JS_OVERFLOW)
         raw_tex = page.evaluate(JS_RAW_TEX, RAW_TEX_RE)
 
         shots = built_book.out_dir / "screenshots"
@@ -430,6 +466,11 @@ def test_page_in_headless_chromium(built_book: BuiltBook, browser, docname: str)
             problems.append("no typeset math (expected at least one mjx-container)")
     if is_chapter(docname) and figures["loaded"] < 1:
         problems.append("no figure image loaded in the cell outputs")
+    if overflow["problems"]:
+        problems.append("output wider than the page: " + "; ".join(overflow["problems"]))
+    if is_chapter(docname) and overflow["column"] < BOOK_COLUMN_PX:
+        problems.append(f"content column {overflow['column']:.0f} px < the {BOOK_COLUMN_PX} px "
+                        "that pnorm.plots.smallest_text assumes")
     if figures["broken"]:
         problems.append(f"broken images in cell outputs: {figures['broken']}")
     if math_errors:

@@ -8,6 +8,7 @@ and by the book build in ``test_book.py``.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -125,10 +126,20 @@ def test_notebook_uses_python3_kernel(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_in_smoke_profile(path: Path, pnorm_cache_dir: Path) -> None:
+def test_notebook_runs_in_smoke_profile(path: Path, pnorm_cache_dir: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs, and what it shows is readable: marks in tables, no text too small in a figure."""
+    monkeypatch.setenv("PNORM_CHECK_FIGURES", "1")  # plots.use_style reports small text
     nb = nbformat.read(path, as_version=4)
     start = time.perf_counter()
     execute_or_fail(nb, path.name, CELL_TIMEOUT_S, KERNEL_NAME)
+    outputs = [o for c in nb.cells for o in c.get("outputs", [])]
+    tables = ["".join(o.get("data", {}).get("text/html", "")) for o in outputs]
+    assert not [t for t in tables if re.search(r">\s*(True|False)\s*<", t)], (
+        f"{path.name}: a table shows True/False; show ✓/✗ with plots.marks")
+    small = [line for o in outputs for line in "".join(o.get("text", "")).splitlines()
+             if line.startswith("[pnorm figure check]")]
+    assert not small, f"{path.name}: figure text too small at book width:\n" + "\n".join(small)
     print(
         f"\n[test_notebooks] {path.name} ran in {time.perf_counter() - start:.1f} s "
         f"(PNORM_CACHE={pnorm_cache_dir})"

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
+from matplotlib.backend_bases import FigureCanvasBase
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 
@@ -60,8 +61,9 @@ def use_style() -> None:
             "image.cmap": "RdBu_r",
         }
     )
-    if os.environ.get("PNORM_CHECK_FIGURES") and not getattr(Figure.savefig, "_checked", False):
-        _check_text_on_save()
+    if os.environ.get("PNORM_CHECK_FIGURES") and not getattr(FigureCanvasBase.print_figure,
+                                                             "_checked", False):
+        _check_text_on_render()
 
 
 def smallest_text(fig: Figure, column_px: float = BOOK_COLUMN_PX) -> tuple[float, str]:
@@ -81,20 +83,20 @@ def smallest_text(fig: Figure, column_px: float = BOOK_COLUMN_PX) -> tuple[float
     return smallest.get_fontsize() * scale, smallest.get_text()
 
 
-def _check_text_on_save() -> None:
-    """Report every saved figure whose smallest text is below ``MIN_TEXT_PX`` (on stderr, which
-    the notebook tests read); switched on by the environment variable PNORM_CHECK_FIGURES."""
-    save = Figure.savefig
+def _check_text_on_render() -> None:
+    """Report every figure rendered (inline or saved) whose smallest text is below
+    ``MIN_TEXT_PX``, on stderr, which the notebook tests read; PNORM_CHECK_FIGURES turns it on."""
+    render = FigureCanvasBase.print_figure
 
-    def checked(fig: Figure, *args, **kwargs):
-        px, text = smallest_text(fig)
+    def checked(canvas: FigureCanvasBase, *args, **kwargs):
+        px, text = smallest_text(canvas.figure)
         if px < MIN_TEXT_PX:
             print(f"[pnorm figure check] text of {px:.1f} px < {MIN_TEXT_PX:g} px at book width: "
                   f"{text[:40]!r}", file=sys.stderr)
-        return save(fig, *args, **kwargs)
+        return render(canvas, *args, **kwargs)
 
     checked._checked = True
-    Figure.savefig = checked
+    FigureCanvasBase.print_figure = checked
 
 
 def chance_line(ax: plt.Axes, level: float, label: str = "chance") -> None:

@@ -91,7 +91,7 @@ class Profile:
     # use conv3-conv5 (the original's `_ori` map), see `benchmarks/calibrate_cpu_profile.py`.
     passport_layers: tuple[str, ...] | None = None
     # AlexNet activations in NHWC while training (TrainConfig.channels_last; None = automatic,
-    # CUDA only). The CPU profiles turn it on: 1.2-1.4x faster steps on a 2-core CPU, measured
+    # CUDA only). The CPU profiles turn it on: 1.1-1.2x faster steps on a 2-core CPU, measured
     # side by side (book/reproduce.md).
     channels_last: bool | None = None
     # Attack budgets (chapters 04-06). The original fine-tunes for 200 epochs at lr 1e-3 and

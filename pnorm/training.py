@@ -71,7 +71,7 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 500
     # Speed knobs that leave the method unchanged. None = automatic: on for CUDA, off elsewhere
-    # (on a CPU, channels_last made AlexNet steps 1.2-1.4x faster but ResNet-18 backward passes
+    # (on a CPU, channels_last made AlexNet steps 1.1-1.2x faster but ResNet-18 backward passes
     # pathologically slow, so the CPU profiles turn it on for AlexNet only). amp=None picks
     # bf16 (Ampere+) or fp16 on CUDA; the `faithful` preset sets amp="off" (float32 as the
     # original).

@@ -26,9 +26,9 @@ from matplotlib.text import Text
 __all__ = ["BOOK_COLUMN_PX", "COLORS", "MIN_TEXT_PX", "chance_line", "fig_png", "marks",
            "percent_axis", "shades", "smallest_text", "use_style"]
 
-# A page's content column at 1,280 px (tests/test_book.py measures it); a wider figure is
-# shrunk to it, and so is its text. The smallest text a figure may show there, in pixels.
-BOOK_COLUMN_PX = 690
+# A page's content column at 1,280 px (688 px, as tests/test_book.py measures it); a wider
+# figure is shrunk to it, and so is its text. The smallest text a figure may show there, in px.
+BOOK_COLUMN_PX = 688
 MIN_TEXT_PX = 9.0
 
 COLORS = {

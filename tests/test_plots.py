@@ -34,5 +34,5 @@ def test_smallest_text_accounts_for_shrinking_to_the_column():
     wide, _ = plt.subplots(figsize=(20, 3))
     wide.axes[0].set_title("wide", fontsize=10)
     px, text = plots.smallest_text(wide)
-    assert px < 10 * 100 / 72 * 0.5  # 2,000 px shown in 690
+    assert px < 10 * 100 / 72 * 0.5  # 2,000 px shown in 688
     plt.close("all")

@@ -174,8 +174,9 @@ def independent_model_null(vault: Vault, models: Sequence[nn.Module]) -> Signatu
 def retention(accuracy0: float, accuracy1: float, chance: float) -> float:
     """How much of the deployed branch's accuracy above chance the passport branch keeps.
 
-    1 = all of it, 0 = the passport branch is at chance. Weight damage (pruning) lowers both
-    branches together, so the share survives it; a wrong passport drives it to about 0.
+    1 = all of it, 0 = the passport branch is at chance. A wrong passport drives it to about 0;
+    damage hurts the passport branch more than the deployed one (chapter 3 measures 0.63 at
+    60 % pruning), so the decision rule requires no share by default.
     """
     return (accuracy1 - chance) / max(accuracy0 - chance, 1e-9)
 

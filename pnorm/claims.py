@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -32,6 +32,7 @@ __all__ = [
     "check_commitment",
     "commit",
     "error_rate_upper95",
+    "module_digest",
     "image_passport_null",
     "independent_model_null",
     "paired_accuracy_test",
@@ -175,8 +176,7 @@ def retention(accuracy0: float, accuracy1: float, chance: float) -> float:
     """How much of the deployed branch's accuracy above chance the passport branch keeps.
 
     1 = all of it, 0 = the passport branch is at chance. A wrong passport drives it to about 0;
-    damage hurts the passport branch more than the deployed one (chapter 3 measures 0.63 at
-    60 % pruning), so the decision rule requires no share by default.
+    damage hurts the passport branch more than the deployed one (chapter 3 measures how much).
     """
     return (accuracy1 - chance) / max(accuracy0 - chance, 1e-9)
 
@@ -270,17 +270,29 @@ def error_rate_upper95(errors: int, n: int) -> float:
 # ------------------------------------------------------------------ claim protocol
 
 
+def _digest(tensors: Iterable[tuple[str, torch.Tensor]], extra: bytes = b"") -> str:
+    """SHA-256 over named tensors (name, dtype, shape and bytes, in the order given)."""
+    h = hashlib.sha256()
+    for name, tensor in tensors:
+        t = tensor.detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    h.update(extra)
+    return h.hexdigest()
+
+
 def vault_digest(vault: Vault) -> str:
     """SHA-256 over everything that makes the owner's private branch: passports, signature,
     MLPs, branch-1 statistics, in a fixed order. Changing any secret changes the digest."""
-    h = hashlib.sha256()
-    for name in sorted(vault.layers):
-        for key in sorted(vault.layers[name]["tensors"]):
-            t = vault.layers[name]["tensors"][key].detach().contiguous().cpu()
-            h.update(f"{name}/{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    h.update(json.dumps(vault.arch, sort_keys=True).encode())
-    return h.hexdigest()
+    named = ((f"{name}/{key}", tensors[key]) for name in sorted(vault.layers)
+             for tensors in [vault.layers[name]["tensors"]] for key in sorted(tensors))
+    return _digest(named, json.dumps(vault.arch, sort_keys=True).encode())
+
+
+def module_digest(module: nn.Module) -> str:
+    """SHA-256 over a module's state (sorted by name): the commitment for a claim whose private
+    branch is not a PAN vault, e.g. the scale branch of an ERB forgery."""
+    return _digest(sorted(module.state_dict().items()))
 
 
 @dataclass(frozen=True)
@@ -301,15 +313,16 @@ def commit(vault: Vault, timestamp: float) -> Commitment:
     return Commitment(vault_digest(vault), vault.public_sha256, float(timestamp))
 
 
-def check_commitment(vault: Vault, commitments: Sequence[Commitment],
+def check_commitment(claim: Vault | str, commitments: Sequence[Commitment],
                      suspect_first_seen: float) -> tuple[bool, str]:
     """Accept a claim only if its vault was committed before the suspect model appeared.
 
+    ``claim``: the claimant's vault, or the digest of its private branch (``module_digest``).
     Returns (accepted, reason). A vault built after the release, however well it verifies,
     matches no commitment that old: this stops forgeries made from the release alone. It
     assumes honest timestamps and that the owner committed before anyone else could.
     """
-    digest = vault_digest(vault)
+    digest = claim if isinstance(claim, str) else vault_digest(claim)
     mine = [c for c in commitments if c.vault_sha256 == digest]
     if not mine:
         return False, "no published commitment matches this vault"

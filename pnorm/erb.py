@@ -44,16 +44,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .batches import Data, augment_batch, model_inputs, raw_inputs
+from .claims import AccuracyTest, paired_accuracy_test
 from .layers import ConvNormAct, channel_view, make_norm
 from .profiles import show_progress
 from .recipes import Recipe, flat_fields, make_optimizer
 from .rng import derive_seed
 from .units import replace_module
 from .vault import Vault
-from .verify import binomial_tail, evaluate
+from .verify import Thresholds, binomial_tail, correct_predictions, evaluate
 
 __all__ = ["ERBConfig", "ERBNormUnit", "ExpandedResidualBlock", "bit_dissimilarity",
-           "erb_forgery", "erb_sweep", "forged_scales", "scale_bits"]
+           "erb_claim_test", "erb_forgery", "erb_sweep", "forged_scales", "scale_bits"]
 
 
 class ExpandedResidualBlock(nn.Module):
@@ -306,6 +307,20 @@ def erb_forgery(public: nn.Module, vault: Vault, attacker_data: Data, test: Data
     for p in params:
         p.requires_grad_(False)
     return model, records
+
+
+def erb_claim_test(suspect: nn.Module, forged: nn.Module, test: Data, mean, std, num_classes: int,
+                   thresholds: Thresholds | None = None, batch_size: int = 500,
+                   seed: int = 0) -> AccuracyTest:
+    """The decision rule's accuracy test for an ERB claim: its scale branch against the suspect.
+
+    The claim's signature is its own scales' signs, read back in full by construction, so the
+    signature test cannot stop it; accuracy (paired) and the claim protocol are what remain.
+    """
+    (deployed,) = correct_predictions(suspect, test, mean, std, batch_size, branch=0)
+    (claimed,) = correct_predictions(forged, test, mean, std, batch_size, branch=0)
+    return paired_accuracy_test(deployed, claimed, num_classes,
+                                (thresholds or Thresholds()).min_retention, seed=seed)
 
 
 def erb_sweep(public: nn.Module, vault: Vault, attacker_data: Data, test: Data,

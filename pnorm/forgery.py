@@ -361,7 +361,7 @@ def forge_passports(
             last["accuracy_applicable"] = test_result.applicable
         else:  # too few samples to pair: the point estimates against the release
             last["accuracy_ok"] = thresholds.accuracy_retained(
-                reference_accuracy, last["accuracy"], 1 / num_classes)
+                reference_accuracy, last["accuracy"], 1 / num_classes, len(test))
             last["accuracy_applicable"] = True
         # as OwnershipReport.verified: where accuracy cannot be judged, the signature decides
         last["forgery_passes"] = last["signature_ok"] and (last["accuracy_ok"]

@@ -19,6 +19,7 @@ from .batches import Data, model_inputs, raw_inputs, trigger_data
 from .claims import (
     MIN_TEST_SIZE,
     AccuracyTest,
+    beats_chance,
     binomial_tail,
     paired_accuracy_test,
     random_passport_null,
@@ -131,20 +132,30 @@ class Thresholds:
     code implements none."""
 
     # signature, calibrated: against the null of random passports on the suspect, the observed
-    # matches must lie beyond all but 1 % of the draws and beyond 1e-4 in the fitted tail
+    # matches must lie beyond all but 1 % of the draws and beyond 1e-3 in the fitted tail. The
+    # fitted tail cannot go further than a perfect match allows: on chapter 7's PointNet (240
+    # strongly correlated bits) the owner's 240/240 sits only about 4 null sd out, log10 p -3.8
+    # to -4.5 depending on the null's seed, so a 1e-4 rule rejected the owner's own release.
     max_empirical_p: float = 0.01
-    max_fitted_log10_p: float = -4.0
+    max_fitted_log10_p: float = -3.0
     max_log10_p: float = -9.0  # naive binomial threshold, used only when no null was drawn
-    # accuracy: the passport branch beats chance wherever the deployed one does (a wrong
-    # passport leaves it at chance). Optionally also keep this share of the deployed branch's
-    # accuracy above chance (lower 95 % bound); 0 by default, because pruning and fine-tuning
-    # hurt the passport branch more than the deployed one (book/method.md#method-verification)
-    min_retention: float = 0.0
+    # accuracy: the passport branch beats chance (one-sided 99 %) wherever the deployed one
+    # does, and keeps at least a quarter of the deployed branch's accuracy above chance (lower
+    # 95 % bound). Damage costs the owner's passport branch more than the deployed one (chapter
+    # 3 prints the share each owner claim keeps: about half at 60 % pruning or after
+    # fine-tuning); forged passports optimised with data kept under 0.05 (chapter 6)
+    min_retention: float = 0.25
     min_trigger_accuracy: float = 0.5  # black-box: trigger labels recalled (chance = 1/K)
 
-    def accuracy_retained(self, accuracy0: float, accuracy1: float, chance: float) -> bool:
-        """The accuracy rule on point estimates, for claims without a paired test set."""
-        return accuracy1 > chance and retention(accuracy0, accuracy1, chance) >= self.min_retention
+    def accuracy_retained(self, accuracy0: float, accuracy1: float, chance: float,
+                          n: int | None) -> bool:
+        """The accuracy rule on point estimates, for claims without paired predictions.
+
+        ``n``: test samples behind ``accuracy1``, for the one-sided margin above chance; None
+        only for hand-made reports, where the point estimates are all there is.
+        """
+        above = accuracy1 > chance if n is None else beats_chance(accuracy1, n, chance)
+        return above and retention(accuracy0, accuracy1, chance) >= self.min_retention
 
     def signature_passes(self, null: dict) -> bool:
         """The calibrated signature test on a null's ``summary`` at the observed count."""
@@ -190,7 +201,7 @@ class OwnershipReport:
         if self.accuracy_test is not None:
             return self.accuracy_test.passed
         return self.thresholds.accuracy_retained(self.branch0_accuracy, self.branch1_accuracy,
-                                                 self.chance)
+                                                 self.chance, None)
 
     @property
     def trigger_ok(self) -> bool | None:

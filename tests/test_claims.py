@@ -11,11 +11,13 @@ import torch
 from pnorm.alexnet import AlexNetCIFAR
 from pnorm.claims import (
     MIN_TEST_SIZE,
+    Commitment,
     SignatureNull,
     check_commitment,
     commit,
     image_passport_null,
     independent_model_null,
+    module_digest,
     paired_accuracy_test,
     random_passport_null,
     vault_digest,
@@ -23,7 +25,7 @@ from pnorm.claims import (
 from pnorm.models import export_public
 from pnorm.passport import key_model
 from pnorm.vault import Vault
-from pnorm.verify import signature_detection
+from pnorm.verify import Thresholds, signature_detection
 
 
 def test_p_values_of_a_null():
@@ -109,6 +111,31 @@ def test_commitment_rejects_a_vault_made_after_the_release(trained_pan):
     assert not ok and "after" in why
     with pytest.raises(ValueError, match="public_sha256"):
         commit(Vault(arch={}, layers=vault.layers), 1.0)
+    # a claim whose private branch is not a vault (an ERB scale branch) commits to its digest
+    branch = torch.nn.Linear(3, 2)
+    digest = module_digest(branch)
+    late_branch = [commit(vault, 1000.0), Commitment(digest, vault.public_sha256, 3000.0)]
+    ok, why = check_commitment(digest, late_branch, 2000.0)
+    assert not ok and "after" in why
+    assert check_commitment(digest, [Commitment(digest, "", 10.0)], 2000.0)[0]
+    with torch.no_grad():
+        branch.weight[0, 0] += 1
+    assert module_digest(branch) != digest
+
+
+def test_the_default_rule_needs_a_quarter_of_the_skill_and_a_margin_above_chance():
+    rule = Thresholds()
+    n = 400
+    deployed = torch.arange(n) < 0.60 * n
+    barely = torch.arange(n) < 0.15 * n  # beats chance on 400 samples, keeps 10 % of the skill
+    test = paired_accuracy_test(deployed, barely, 10, rule.min_retention)
+    assert test.passport_beats_chance and not test.passed
+    assert paired_accuracy_test(deployed, torch.arange(n) < 0.40 * n, 10, rule.min_retention).passed
+    # point estimates: 12 % on 1,000 samples is within noise of chance (10 %)
+    assert rule.accuracy_retained(0.14, 0.12, 0.1, None)
+    assert not rule.accuracy_retained(0.14, 0.12, 0.1, 1000)
+    assert rule.accuracy_retained(0.90, 0.80, 0.1, 1000)
+    assert not rule.accuracy_retained(0.90, 0.20, 0.1, 1000)  # above chance, keeps 12.5 %
 
 
 def test_the_decision_flips_when_the_passport_branch_is_broken(trained_pan):

@@ -1,5 +1,6 @@
 """The ERB forgery (CVPR 2023) on PAN's release: the block, BDR, records, and what stays frozen."""
 
+import copy
 from dataclasses import replace
 
 import pytest
@@ -10,6 +11,7 @@ from pnorm.erb import (
     ERBNormUnit,
     ExpandedResidualBlock,
     bit_dissimilarity,
+    erb_claim_test,
     erb_forgery,
     erb_sweep,
     forged_scales,
@@ -212,3 +214,16 @@ def test_cosine_schedule_ends_at_zero_lr_and_a_given_reference_skips_the_evaluat
     erb_forgery(public, vault, splits.train, splits.test, splits.mean, splits.std, config,
                 progress=False)
     assert len(calls) == with_reference + 1  # only the release's own evaluation is saved
+
+
+def test_an_erb_claim_is_judged_by_its_accuracy_against_the_suspect(release):
+    public, _, splits, _ = release
+    model, _ = _forge(release, epochs=0)  # from γ0: the release itself, a claim as good as it
+    args = (splits.test, splits.mean, splits.std, 10)
+    assert len(splits.test) >= 100
+    assert erb_claim_test(public, model, *args).passed
+    dead = copy.deepcopy(model)
+    torch.nn.init.zeros_(dead.classifier.weight)  # a branch that predicts one class: chance
+    torch.nn.init.zeros_(dead.classifier.bias)
+    verdict = erb_claim_test(public, dead, *args)
+    assert verdict.applicable and not verdict.passport_beats_chance and not verdict.passed

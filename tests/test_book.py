@@ -8,7 +8,8 @@ shared ``PNORM_CACHE`` (see ``conftest.py``). Then:
 * no cell output in the HTML is a traceback or an error written to stderr;
 * headless Chromium (Debian's ``chromium`` driven by Playwright) loads every page from
   ``file://``: math is typeset by the vendored MathJax, chapter figures load, no raw TeX is left,
-  widgets render, and the console shows no errors except an explicit allow-list.
+  widgets render, and the console shows no message (error, warning or log) except those of an
+  explicit allow-list, each with its reason.
   Without ``chromium`` the browser tests are skipped, or fail when ``CI=true``.
 """
 
@@ -46,11 +47,27 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 
-# Console errors and uncaught page exceptions that are known and harmless: they come from
+# Console messages and uncaught page exceptions that are known and harmless: they come from
 # third-party scripts of the book's theme and widgets, and the page still works.
 # Each entry: (why it is harmless, regex on the message text, regex on its source URL or None).
-# Everything else logged as an error on a page of the book fails the test.
-ALLOWED_CONSOLE_ERRORS: list[tuple[str, str, str | None]] = [
+# Every other message a page of the book logs, at any level, fails the test.
+ALLOWED_CONSOLE_MESSAGES: list[tuple[str, str, str | None]] = [
+    (
+        "pydata-sphinx-theme logs which colour mode it chose and that it scrolled the sidebar",
+        r"^\[PST\]: ",
+        r"pydata-sphinx-theme\.js",
+    ),
+    (
+        "sphinx-togglebutton logs how many folded cells it found",
+        r"^\[togglebutton\]: Adding toggle buttons to \d+ items$",
+        r"togglebutton\.js",
+    ),
+    (
+        "html-manager's JSON-schema validator (ajv) warns in strict mode that the widget-state "
+        "schema uses a union type; the state still validates and the widgets render",
+        r"^strict mode: use allowUnionTypes",
+        r"/html-manager/embed-amd\.js",
+    ),
     (
         "sphinx-thebe inserts its configuration snippet twice",
         r"Identifier 'THEBE_JS_URL' has already been declared",
@@ -295,7 +312,7 @@ def browser() -> Iterator[object]:
 
 
 def _allowed(text: str, url: str) -> bool:
-    for _why, text_re, url_re in ALLOWED_CONSOLE_ERRORS:
+    for _why, text_re, url_re in ALLOWED_CONSOLE_MESSAGES:
         if re.search(text_re, text) and (url_re is None or re.search(url_re, url or "")):
             return True
     return False
@@ -383,10 +400,9 @@ def test_page_in_headless_chromium(built_book: BuiltBook, browser, docname: str)
     console_errors: list[str] = []
 
     def on_console(msg) -> None:
-        if msg.type == "error":
-            url = (msg.location or {}).get("url", "")
-            if not _allowed(msg.text, url):
-                console_errors.append(f"console.error: {msg.text} (at {url})")
+        url = (msg.location or {}).get("url", "")
+        if not _allowed(msg.text, url):
+            console_errors.append(f"console.{msg.type}: {msg.text} (at {url})")
 
     def on_pageerror(exc) -> None:
         if not _allowed(str(exc), ""):
@@ -478,7 +494,7 @@ def test_page_in_headless_chromium(built_book: BuiltBook, browser, docname: str)
     if raw_tex:
         problems.append(f"raw TeX left in visible text: {raw_tex[:5]}")
     if console_errors:
-        problems.append("console errors:\n  " + "\n  ".join(console_errors))
+        problems.append("console messages:\n  " + "\n  ".join(console_errors))
     assert not problems, f"{docname} ({path}):\n- " + "\n- ".join(problems)
 
 

@@ -11,6 +11,9 @@ shared ``PNORM_CACHE`` (see ``conftest.py``). Then:
   widgets render, and the console shows no message (error, warning or log) except those of an
   explicit allow-list, each with its reason.
   Without ``chromium`` the browser tests are skipped, or fail when ``CI=true``.
+
+``PNORM_BUILT_BOOK=. pytest tests/test_book.py`` runs the same checks on the book that
+``scripts/build_book.sh`` built (the ``cpu`` profile) instead of building the smoke one.
 """
 
 from __future__ import annotations
@@ -158,7 +161,19 @@ def _jupyter_book_cmd() -> list[str]:
 
 @pytest.fixture(scope="session")
 def built_book(pnorm_cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> BuiltBook:
-    """Build the book once, smoke profile, shared PNORM_CACHE, output outside the repo."""
+    """Build the book once, smoke profile, shared PNORM_CACHE, output outside the repo.
+
+    ``PNORM_BUILT_BOOK=<folder>`` checks a book already built there instead (e.g. ``.`` after
+    ``bash scripts/build_book.sh``, which builds the ``cpu`` profile into ``_build/html``).
+    """
+    built = os.environ.get("PNORM_BUILT_BOOK", "").strip()
+    if built:
+        out_dir = Path(built).resolve()
+        if not (out_dir / "_build" / "html" / "index.html").exists():
+            pytest.fail(f"PNORM_BUILT_BOOK={built}: no built book at {out_dir}/_build/html; "
+                        "build it with: bash scripts/build_book.sh")
+        return BuiltBook(out_dir=out_dir, html=out_dir / "_build" / "html",
+                         log=out_dir / "_build" / "build.log", seconds=0.0)
     vendor = REPO_ROOT / "_assets" / "vendor"
     if not (vendor / ".complete").exists():
         pytest.fail(f"{vendor} is missing or incomplete; run: bash scripts/vendor_js.sh")

@@ -140,8 +140,8 @@ def is_chapter(docname: str) -> bool:
 
 @dataclass(frozen=True)
 class BuiltBook:
-    out_dir: Path  # the --path-output folder
-    html: Path  # <out_dir>/_build/html
+    out_dir: Path  # the --path-output folder; screenshots are written here
+    html: Path  # the built HTML, <out_dir>/_build/html unless PNORM_BUILT_BOOK names one
     log: Path
     seconds: float
 
@@ -168,12 +168,12 @@ def built_book(pnorm_cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     """
     built = os.environ.get("PNORM_BUILT_BOOK", "").strip()
     if built:
-        out_dir = Path(built).resolve()
-        if not (out_dir / "_build" / "html" / "index.html").exists():
-            pytest.fail(f"PNORM_BUILT_BOOK={built}: no built book at {out_dir}/_build/html; "
+        html = Path(built).resolve() / "_build" / "html"
+        if not (html / "index.html").exists():
+            pytest.fail(f"PNORM_BUILT_BOOK={built}: no built book at {html}; "
                         "build it with: bash scripts/build_book.sh")
-        return BuiltBook(out_dir=out_dir, html=out_dir / "_build" / "html",
-                         log=out_dir / "_build" / "build.log", seconds=0.0)
+        scratch = tmp_path_factory.mktemp("book")  # screenshots, never into the checkout
+        return BuiltBook(out_dir=scratch, html=html, log=scratch / "build.log", seconds=0.0)
     vendor = REPO_ROOT / "_assets" / "vendor"
     if not (vendor / ".complete").exists():
         pytest.fail(f"{vendor} is missing or incomplete; run: bash scripts/vendor_js.sh")

@@ -39,3 +39,15 @@ def test_gpu_epoch_dry_run_writes_its_json(tmp_path):
     assert saved["runs"].keys() == report["runs"].keys() >= {"alexnet_pan_fast",
                                                              "alexnet_plain_fast"}
     assert report["alexnet_pan_over_plain"] > 0
+
+
+def test_fitted_tail_seeds_prints_one_row_per_null_seed(capsys, pnorm_cache_dir):
+    result = _script("fitted_tail_seeds").main(["--profile", "smoke", "--seeds", "0", "1",
+                                                "--n-null", "20"])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(last) == result
+    assert result["profile"] == "smoke" and result["arch"] == "pointnet"
+    assert 0 <= result["matches"] <= result["bits"] > 0
+    assert [r["null seed"] for r in result["rows"]] == [0, 1]
+    for r in result["rows"]:
+        assert 1 / 21 <= r["empirical p"] <= 1 and isinstance(r["passes"], bool)
